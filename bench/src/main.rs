@@ -1,1 +1,135 @@
-fn main() {}
+//! roomchat-bench: a load generator for roomchat that holds more connections
+//! than the server it measures, on one or a few threads.
+//!
+//! # Layout
+//! - `net`: non-blocking WebSocket client connections on one mio `Poll`
+//! - `proto`: the frames sent, a fast reader for the frames received, the clock
+//! - `server`: the server under test, started here or given by URL and PID
+//! - `report`: histograms, /proc readings, the table and the JSON line
+//! - `fanout`, `conns`, `churn`: the scenarios
+//! - `summary`: medians of result files as Markdown, and the latency plot
+
+mod churn;
+mod conns;
+mod fanout;
+mod net;
+mod proto;
+mod report;
+mod server;
+mod summary;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "Load generator for roomchat", max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// R rooms × N members, S senders each: throughput, loss, order, latency.
+    Fanout {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        a: fanout::FanoutArgs,
+    },
+    /// C idle connections in R rooms: connect times, server memory and threads.
+    Conns {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        a: conns::ConnsArgs,
+    },
+    /// Clients connecting, chatting and leaving for T seconds: leaks.
+    Churn {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        a: churn::ChurnArgs,
+    },
+    /// Medians of result files (JSON lines) as Markdown tables.
+    Summary {
+        /// Result files (JSON lines from the scenarios).
+        files: Vec<PathBuf>,
+        /// Replace the text between the result markers of this Markdown file.
+        #[arg(long)]
+        doc: Option<PathBuf>,
+    },
+    /// An SVG of latency against delivered frames/s from fanout results.
+    Plot {
+        /// Result files (JSON lines); fanout runs whose label starts with --prefix.
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "load-")]
+        prefix: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Clone, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    server: server::ServerArgs,
+    /// Name of this run in the output.
+    #[arg(long, default_value = "run")]
+    label: String,
+    /// Give up (and fail) after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Also append the JSON line to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    proto::start_clock();
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("roomchat-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<bool, String> {
+    let (run, scenario) = match cmd {
+        Cmd::Summary { files, doc } => return summary::summary(&files, doc.as_deref()),
+        Cmd::Plot { files, prefix, out } => return summary::plot(&files, &prefix, &out),
+        Cmd::Fanout { run, a } => (run, Scenario::Fanout(a)),
+        Cmd::Conns { run, a } => (run, Scenario::Conns(a)),
+        Cmd::Churn { run, a } => (run, Scenario::Churn(a)),
+    };
+    // 10,000 connections need more descriptors than the usual soft limit.
+    let nofile =
+        rlimit::increase_nofile_limit(u64::MAX).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    let server = server::Server::start(&run.server)?;
+    let target = net::Target::parse(&server.url)?;
+    let timeout = Duration::from_secs(run.timeout);
+    eprintln!(
+        "roomchat-bench: {} (pid {:?}), open-file limit {nofile}",
+        server.url, server.pid
+    );
+    let (pass, line) = match scenario {
+        Scenario::Fanout(a) => fanout::run(&a, &target, &run.label, timeout),
+        Scenario::Conns(a) => conns::run(&a, &target, server.pid, &run.label, timeout),
+        Scenario::Churn(a) => churn::run(&a, &target, server.pid, &run.label, timeout),
+    };
+    report::emit(&line, run.json_out.as_deref()).map_err(|e| format!("writing results: {e}"))?;
+    Ok(pass)
+}
+
+enum Scenario {
+    Fanout(fanout::FanoutArgs),
+    Conns(conns::ConnsArgs),
+    Churn(churn::ChurnArgs),
+}

@@ -1,0 +1,404 @@
+//! `conns`: open C connections at a given rate, each joining one of R rooms;
+//! hold them idle; send one message per room and check it reaches everyone;
+//! leave; and watch the server's RSS and threads before, during and after.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::net::{Closed, Event, Handler, Net, Target};
+use crate::proto::{self, Msg, Parser};
+use crate::report::{self, Usage};
+
+#[derive(Args, Clone, Debug)]
+pub struct ConnsArgs {
+    /// Connections.
+    #[arg(long, default_value_t = 2000)]
+    pub conns: usize,
+    /// Rooms; connection i joins room i mod R.
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+    /// New connections per second.
+    #[arg(long, default_value_t = 2000.0)]
+    pub connect_rate: f64,
+    /// Most handshakes in flight at once.
+    #[arg(long, default_value_t = 512)]
+    pub connect_burst: usize,
+    /// Seconds to hold every connection idle before measuring.
+    #[arg(long, default_value_t = 3.0)]
+    pub hold: f64,
+    /// Seconds to wait, after all clients left, for threads to return.
+    #[arg(long, default_value_t = 15.0)]
+    pub settle: f64,
+    /// RSS after may exceed RSS before by this share of the peak growth.
+    #[arg(long, default_value_t = 0.10)]
+    pub rss_slack: f64,
+}
+
+struct Client {
+    room: usize,
+    conn: usize,
+    started: Instant,
+    joined: bool,
+    done: bool,
+    got: u32,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+enum Phase {
+    Connect,
+    Hold,
+    Message,
+    Leave,
+}
+
+struct Conns {
+    prefix: String,
+    clients: Vec<Client>,
+    by_conn: Vec<usize>,
+    phase: Phase,
+    next: usize,
+    handshaking: usize,
+    joined: usize,
+    failed: usize,
+    dropped: usize,
+    left: usize,
+    delivered: u64,
+    extra: u64,
+    sent_at: Option<Instant>,
+    errors: u64,
+    samples: Vec<String>,
+    connect: Histogram<u64>,
+    join: Histogram<u64>,
+    deliver: Histogram<u64>,
+    buf: Vec<u8>,
+    parser: Parser,
+}
+
+impl Conns {
+    fn note(&mut self, s: String) {
+        self.errors += 1;
+        if self.samples.len() < 5 {
+            self.samples.push(s);
+        }
+    }
+}
+
+impl Handler for Conns {
+    fn event(&mut self, net: &mut Net, id: usize, ev: Event<'_>, now: Instant) {
+        let Some(&c) = self.by_conn.get(id) else {
+            return;
+        };
+        if c == usize::MAX {
+            return;
+        }
+        match ev {
+            Event::Open(took) => {
+                let _ = self.connect.record(took.as_nanos().max(1) as u64);
+                let room = format!("{}-{}", self.prefix, self.clients[c].room);
+                proto::join(&mut self.buf, &format!("c{c}"), &room);
+                net.send_text(id, &self.buf);
+            }
+            Event::Closed(why) => {
+                self.by_conn[id] = usize::MAX;
+                self.clients[c].done = true;
+                if matches!(why, Closed::Local) {
+                    self.left += 1;
+                } else if !self.clients[c].joined {
+                    self.failed += 1;
+                    self.handshaking -= 1;
+                    self.note(format!("connect {c}: {why:?}"));
+                } else {
+                    self.dropped += 1;
+                    self.note(format!("client {c} dropped: {why:?}"));
+                }
+            }
+            Event::Text(p) => match self.parser.parse(p) {
+                Msg::Ack { ack, .. } if ack == proto::JOIN_ACK => {
+                    let cl = &mut self.clients[c];
+                    if !cl.joined {
+                        cl.joined = true;
+                        let took = now.saturating_duration_since(cl.started);
+                        let _ = self.join.record(took.as_nanos().max(1) as u64);
+                        self.joined += 1;
+                        self.handshaking -= 1;
+                    }
+                }
+                Msg::Chat { seq, .. } => {
+                    let cl = &mut self.clients[c];
+                    cl.got += 1;
+                    if cl.got == 1 && seq == 1 {
+                        self.delivered += 1;
+                        if let Some(t) = self.sent_at {
+                            let lat = now.saturating_duration_since(t).as_nanos() as u64;
+                            self.deliver.saturating_record(lat.max(1));
+                        }
+                    } else {
+                        self.extra += 1;
+                    }
+                }
+                Msg::Error { code, ack } => self.note(format!("error {code} (ack {ack:?})")),
+                Msg::Bad => self.note("unreadable frame".into()),
+                _ => {}
+            },
+        }
+    }
+}
+
+fn sample(pid: Option<u32>, peak: &mut Option<Usage>) -> Option<Usage> {
+    let u = Usage::read(pid);
+    if let Some(u) = u {
+        *peak = Some(peak.map_or(u, |p| p.max(u)));
+    }
+    u
+}
+
+pub fn run(
+    a: &ConnsArgs,
+    target: &Target,
+    pid: Option<u32>,
+    label: &str,
+    timeout: Duration,
+) -> (bool, serde_json::Value) {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut peak = None;
+    let before = sample(pid, &mut peak);
+    let mut s = Conns {
+        prefix: format!("conns{}-{}", std::process::id(), proto::nanos(start)),
+        clients: Vec::with_capacity(a.conns),
+        by_conn: Vec::new(),
+        phase: Phase::Connect,
+        next: 0,
+        handshaking: 0,
+        joined: 0,
+        failed: 0,
+        dropped: 0,
+        left: 0,
+        delivered: 0,
+        extra: 0,
+        sent_at: None,
+        errors: 0,
+        samples: Vec::new(),
+        connect: report::histogram(),
+        join: report::histogram(),
+        deliver: report::histogram(),
+        buf: Vec::with_capacity(256),
+        parser: Parser::default(),
+    };
+    let mut net = match Net::new(target) {
+        Ok(n) => n,
+        Err(e) => {
+            return (
+                false,
+                json!({"scenario": "conns", "label": label, "error": e.to_string()}),
+            )
+        }
+    };
+    let rooms = a.rooms.max(1);
+    let mut during = None;
+    let mut phase_end = deadline;
+    let mut expected = 0u64;
+    let mut last_sample = start;
+    let mut connect_secs = 0.0;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            s.note(format!("timed out in phase {:?}", s.phase));
+            break;
+        }
+        if now.duration_since(last_sample) >= Duration::from_millis(200) {
+            last_sample = now;
+            sample(pid, &mut peak);
+        }
+        match s.phase {
+            Phase::Connect => {
+                let due = (now.duration_since(start).as_secs_f64() * a.connect_rate) as usize + 1;
+                while s.next < a.conns.min(due) && s.handshaking < a.connect_burst {
+                    let id = net.connect();
+                    if s.by_conn.len() <= id {
+                        s.by_conn.resize(id + 1, usize::MAX);
+                    }
+                    s.by_conn[id] = s.next;
+                    s.clients.push(Client {
+                        room: s.next % rooms,
+                        conn: id,
+                        started: now,
+                        joined: false,
+                        done: false,
+                        got: 0,
+                    });
+                    s.next += 1;
+                    s.handshaking += 1;
+                }
+                if s.joined + s.failed == a.conns {
+                    connect_secs = now.duration_since(start).as_secs_f64();
+                    s.phase = Phase::Hold;
+                    phase_end = now + Duration::from_secs_f64(a.hold);
+                }
+            }
+            Phase::Hold if now >= phase_end => {
+                during = sample(pid, &mut peak);
+                // One message per room, from its first member still there.
+                let mut has_sender = vec![false; rooms];
+                let mut members = vec![0u64; rooms];
+                for cl in s.clients.iter().filter(|c| c.joined && !c.done) {
+                    members[cl.room] += 1;
+                }
+                s.sent_at = Some(now);
+                for cl in s.clients.iter().filter(|c| c.joined && !c.done) {
+                    if !has_sender[cl.room] {
+                        has_sender[cl.room] = true;
+                        proto::chat(&mut s.buf, cl.room, 0, proto::nanos(now));
+                        net.send_text(cl.conn, &s.buf);
+                        expected += members[cl.room];
+                    }
+                }
+                s.phase = Phase::Message;
+                phase_end = now + Duration::from_secs(10);
+            }
+            Phase::Message if s.delivered >= expected || now >= phase_end => {
+                for cl in s.clients.iter().filter(|c| !c.done) {
+                    net.close(cl.conn);
+                }
+                s.phase = Phase::Leave;
+                phase_end = now + Duration::from_secs(15);
+            }
+            Phase::Leave if net.live() == 0 || now >= phase_end => break,
+            _ => {}
+        }
+        let wait = if s.phase == Phase::Connect {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(10)
+        };
+        if let Err(e) = net.turn(&mut s, Some(wait)) {
+            s.note(format!("poll: {e}"));
+            break;
+        }
+    }
+    let unclosed = net.live();
+    drop(net);
+
+    // Wait for the server's threads to come back to where they started.
+    let settle_end = Instant::now() + Duration::from_secs_f64(a.settle);
+    let mut after = Usage::read(pid);
+    if let Some(b) = before {
+        while Instant::now() < settle_end {
+            after = Usage::read(pid);
+            if after.is_some_and(|u| u.threads <= b.threads) {
+                std::thread::sleep(Duration::from_millis(500));
+                after = Usage::read(pid);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    let bytes_per_conn = match (before, during) {
+        (Some(b), Some(d)) if s.joined > 0 => {
+            Some((d.rss_kib.saturating_sub(b.rss_kib) * 1024) as f64 / s.joined as f64)
+        }
+        _ => None,
+    };
+    let threads_back = match (before, after) {
+        (Some(b), Some(f)) => Some(f.threads <= b.threads),
+        _ => None,
+    };
+    let rss_back = match (before, peak, after) {
+        (Some(b), Some(p), Some(f)) => {
+            let slack = ((p.rss_kib.saturating_sub(b.rss_kib)) as f64 * a.rss_slack) as u64 + 2048;
+            Some(f.rss_kib <= b.rss_kib + slack)
+        }
+        _ => None,
+    };
+    let failed = report::failed_checks(&[
+        (
+            "every connection joined",
+            s.failed == 0 && s.joined == a.conns,
+        ),
+        ("none dropped while idle", s.dropped == 0),
+        ("no error events", s.errors == 0),
+        ("no extra frames", s.extra == 0),
+        ("every room got its message", expected == a.conns as u64),
+        ("delivered everywhere", s.delivered == expected),
+        ("threads returned", threads_back != Some(false)),
+        ("RSS returned", rss_back != Some(false)),
+    ]);
+    let pass = failed.is_empty();
+    let con = report::percentiles_ms(&s.connect);
+    let join = report::percentiles_ms(&s.join);
+    let del = report::percentiles_ms(&s.deliver);
+    let [rss, thr] = report::usage_rows(before, during, after);
+    let bpc = bytes_per_conn.map_or("-".into(), |b| format!("{b:.0} B ({:.1} KiB)", b / 1024.0));
+    report::table(
+        &format!("conns {label}"),
+        &[
+            ("connections × rooms", format!("{} × {}", a.conns, rooms)),
+            (
+                "connect rate",
+                format!("{} /s, took {connect_secs:.2} s", a.connect_rate),
+            ),
+            ("joined / failed", format!("{} / {}", s.joined, s.failed)),
+            ("dropped while idle", s.dropped.to_string()),
+            ("connect (to 101)", report::pct_line(&con)),
+            ("connect + join", report::pct_line(&join)),
+            (
+                "message delivered",
+                format!("{} of {expected}", s.delivered),
+            ),
+            ("broadcast latency", report::pct_line(&del)),
+            ("server RSS b → d → a", rss),
+            ("server threads b → d → a", thr),
+            ("RSS per connection", bpc),
+            (
+                "threads / RSS returned",
+                format!("{threads_back:?} / {rss_back:?}"),
+            ),
+            (
+                "left cleanly / unclosed",
+                format!("{} / {unclosed}", s.left),
+            ),
+            (
+                "result",
+                if pass {
+                    "PASS".into()
+                } else {
+                    format!("FAIL {failed:?} {:?}", s.samples)
+                },
+            ),
+        ],
+    );
+    let line = json!({
+        "scenario": "conns",
+        "label": label,
+        "conns": a.conns,
+        "rooms": rooms,
+        "connect_rate": a.connect_rate,
+        "connect_secs": connect_secs,
+        "joined": s.joined,
+        "failed": s.failed,
+        "dropped": s.dropped,
+        "errors": s.errors,
+        "error_samples": s.samples,
+        "connect_ms": con,
+        "join_ms": join,
+        "expected": expected,
+        "delivered": s.delivered,
+        "broadcast_ms": del,
+        "before": report::usage_json(before),
+        "during": report::usage_json(during),
+        "peak": report::usage_json(peak),
+        "after": report::usage_json(after),
+        "bytes_per_conn": bytes_per_conn.map(f64::round),
+        "threads_returned": threads_back,
+        "rss_returned": rss_back,
+        "left": s.left,
+        "unclosed": unclosed,
+        "failed_checks": failed,
+        "pass": pass,
+    });
+    (pass, line)
+}
