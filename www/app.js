@@ -204,6 +204,7 @@
   function onClosed(ev, greeted) {
     state.ws = null;
     state.myId = null;
+    const wasJoined = !!state.joined;
     state.lastRoom = state.joined ? state.joined.room : state.lastRoom;
     state.joined = null;
     clearTypers();
@@ -218,7 +219,7 @@
     }
     state.pending.clear();
     if (ev.code === 1009) showBanner('The server refused a message that was too large and closed the connection. Reconnecting…');
-    if (state.lastRoom && !ui.chatView.hidden) addSystem('Connection lost. Trying to reconnect…', 'warn');
+    if (wasJoined && !ui.chatView.hidden) addSystem(`${closeReason(ev.code, greeted)}. Trying to reconnect…`, 'warn');
     scheduleReconnect(closeReason(ev.code, greeted));
   }
 
