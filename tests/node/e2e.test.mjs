@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync } from 'node:fs';
+import { createWriteStream, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -34,7 +34,11 @@ async function startServer({ httpPort = 0, wsPort = 0, args = [] } = {}) {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
   });
   let stderr = '';
-  child.stderr.on('data', (d) => { stderr = (stderr + d).slice(-20_000); });
+  let log = null; // E2E_SERVER_LOG=1 keeps each server's whole stderr in artifacts/
+  child.stderr.on('data', (d) => {
+    stderr = (stderr + d).slice(-20_000);
+    if (log) log.write(d);
+  });
   const server = {
     child,
     stderr: () => stderr,
@@ -69,6 +73,11 @@ async function startServer({ httpPort = 0, wsPort = 0, args = [] } = {}) {
     server.httpPort = Number(http[1]);
     server.wsPort = Number(ws[1]);
     server.url = `http://127.0.0.1:${server.httpPort}/`;
+    if (process.env.E2E_SERVER_LOG === '1') {
+      log = createWriteStream(path.join(ARTIFACTS, `server-${server.httpPort}-${Date.now()}.log`));
+      log.write(stderr);
+      child.once('exit', () => log.end());
+    }
     return server;
   } catch (e) {
     await server.stop();
