@@ -283,12 +283,10 @@
   function onConnected(d) {
     state.myId = String(d.id);
     state.limits = d.limits && typeof d.limits === 'object' ? d.limits : null;
-    const wasConnected = state.everConnected;
     state.everConnected = true;
     state.attempt = 0;
     state.retryAt = 0;
     setConn('online', 'Connected');
-    if (wasConnected && ui.banner.dataset.kind === 'conn') hideBanner();
     if (state.want) {
       const mode = state.lastRoom && state.lastRoom === state.want.room ? 'rejoin' : 'join';
       sendJoin(state.want.username, state.want.room, mode);
