@@ -1,0 +1,257 @@
+//! The server's settings: flags, their `CHAT_*` environment variables and
+//! defaults, all parsed here in one place (clap does flags-with-env-fallback).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A real-time, room-based chat server.
+///
+/// Serves the browser client over HTTP and the chat protocol over WebSocket.
+/// Every flag can also be set by an environment variable, shown in
+/// brackets; a flag on the command line wins.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "roomchat", version, about, long_about = None)]
+pub struct Config {
+    /// Address both listeners bind.
+    #[arg(long, env = "CHAT_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// HTTP port (the page, /healthz, /metrics, ...); 0 picks a free port.
+    #[arg(long, env = "CHAT_HTTP_PORT", default_value_t = 3000)]
+    pub http_port: u16,
+
+    /// WebSocket port (the chat protocol at /ws, Socket.IO at /socket.io/); 0 picks a free port.
+    #[arg(long, env = "CHAT_WS_PORT", default_value_t = 3001)]
+    pub ws_port: u16,
+
+    /// Serve the client from this folder instead of the copy built into the binary.
+    #[arg(long, env = "CHAT_WWW", value_name = "DIR")]
+    pub www: Option<PathBuf>,
+
+    /// An allowed Origin (repeatable; in the variable, comma-separated). Replaces the
+    /// defaults, http://localhost:PORT, http://127.0.0.1:PORT and http://HOST:PORT.
+    /// `*` allows any origin.
+    #[arg(
+        long = "allowed-origin",
+        env = "CHAT_ALLOWED_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Most concurrent WebSocket clients; more get HTTP 503.
+    #[arg(
+        long,
+        env = "CHAT_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+
+    /// Largest frame and largest message, in bytes, after reassembly; more closes with 1009.
+    #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = 65_536, value_name = "N",
+          value_parser = parse_message_bytes)]
+    pub max_message_bytes: usize,
+
+    /// Chat messages kept per room and sent to joiners.
+    #[arg(long, env = "CHAT_HISTORY", default_value_t = 50, value_name = "N")]
+    pub history: usize,
+
+    /// Client frames per second per connection (a token bucket of 2×N that starts full), or `off`.
+    #[arg(long, env = "CHAT_RATE_LIMIT", default_value = "20", value_name = "N|off", value_parser = parse_rate_limit)]
+    pub rate_limit: RateLimit,
+
+    /// Seconds between the server's Pings.
+    #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "25", value_name = "SECS", value_parser = parse_secs)]
+    pub ping_interval: Duration,
+
+    /// Seconds of silence after which a connection is dropped.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value = "60", value_name = "SECS", value_parser = parse_secs)]
+    pub idle_timeout: Duration,
+
+    /// Seconds a connection has, from accept, to complete its request head or WebSocket handshake.
+    #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    pub handshake_timeout: Duration,
+}
+
+/// Frames per second per connection, or no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit(pub Option<u32>);
+
+fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    match s.trim() {
+        "off" => Ok(RateLimit(None)),
+        n => match n.parse::<u32>() {
+            Ok(0) | Err(_) => Err(format!(
+                "expected a whole number of frames per second (1 or more) or `off`, got {s:?}"
+            )),
+            Ok(n) => Ok(RateLimit(Some(n))),
+        },
+    }
+}
+
+fn parse_message_bytes(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (128..=1 << 30).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a whole number of bytes from 128 to 1073741824, got {s:?}"
+        )),
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n > 0 && n <= 86_400 => Ok(Duration::from_secs(n)),
+        _ => Err(format!(
+            "expected a whole number of seconds from 1 to 86400, got {s:?}"
+        )),
+    }
+}
+
+impl Default for Config {
+    /// The documented defaults, ignoring the environment.
+    fn default() -> Config {
+        Config {
+            host: "127.0.0.1".into(),
+            http_port: 3000,
+            ws_port: 3001,
+            www: None,
+            allowed_origins: Vec::new(),
+            max_connections: 10_000,
+            max_message_bytes: 65_536,
+            history: 50,
+            rate_limit: RateLimit(Some(20)),
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Settings for a test server: the defaults on free ports.
+    pub fn ephemeral() -> Config {
+        Config {
+            http_port: 0,
+            ws_port: 0,
+            ..Config::default()
+        }
+    }
+
+    /// The allowed origins once the HTTP port is known: the configured list,
+    /// or the defaults for that port.
+    pub fn origins_for(&self, http_port: u16) -> Vec<String> {
+        if !self.allowed_origins.is_empty() {
+            return self
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect();
+        }
+        let mut origins = vec![
+            format!("http://localhost:{http_port}"),
+            format!("http://127.0.0.1:{http_port}"),
+        ];
+        let own = format!("http://{}:{http_port}", bracket_ipv6(&self.host));
+        if !origins.contains(&own) {
+            origins.push(own);
+        }
+        origins
+    }
+}
+
+/// `::1` → `[::1]`, as it appears in URLs; names and IPv4 addresses unchanged.
+pub fn bracket_ipv6(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// The set of origins a request may come from.
+#[derive(Debug, Clone)]
+pub struct Origins {
+    any: bool,
+    list: Vec<String>,
+}
+
+impl Origins {
+    pub fn new(list: Vec<String>) -> Origins {
+        Origins {
+            any: list.iter().any(|o| o == "*"),
+            list,
+        }
+    }
+
+    /// Origins compare exactly, but for the case of the scheme and host.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.any || self.list.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_protocol() {
+        let parsed = Config::try_parse_from(["roomchat"]).unwrap();
+        let default = Config::default();
+        assert_eq!(parsed.http_port, default.http_port);
+        assert_eq!(parsed.rate_limit, RateLimit(Some(20)));
+        assert_eq!(parsed.idle_timeout, default.idle_timeout);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::try_parse_from([
+            "roomchat",
+            "--rate-limit",
+            "off",
+            "--allowed-origin",
+            "http://a",
+            "--allowed-origin",
+            "http://b,http://c",
+            "--ping-interval",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(c.rate_limit, RateLimit(None));
+        assert_eq!(c.allowed_origins, ["http://a", "http://b", "http://c"]);
+        assert_eq!(c.ping_interval, Duration::from_secs(2));
+        for bad in [
+            ["--rate-limit", "0"],
+            ["--rate-limit", "fast"],
+            ["--idle-timeout", "1.5"],
+            ["--http-port", "70000"],
+        ] {
+            assert!(
+                Config::try_parse_from(["roomchat", bad[0], bad[1]]).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_origins_follow_host_and_port() {
+        let c = Config {
+            host: "0.0.0.0".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.origins_for(8080),
+            [
+                "http://localhost:8080",
+                "http://127.0.0.1:8080",
+                "http://0.0.0.0:8080"
+            ]
+        );
+        let origins = Origins::new(Config::default().origins_for(3000));
+        assert!(origins.allows("http://localhost:3000") && !origins.allows("http://evil.example"));
+        assert!(Origins::new(vec!["*".into()]).allows("http://evil.example"));
+    }
+}

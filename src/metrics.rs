@@ -1,0 +1,140 @@
+//! Counters and gauges, updated with relaxed atomics on the hot path and
+//! rendered in the Prometheus text format for `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use crate::protocol::ErrorCode;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections: AtomicUsize,
+    rooms: AtomicUsize,
+    messages_received: AtomicU64,
+    frames_sent: AtomicU64,
+    slow_consumer_disconnects: AtomicU64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl Metrics {
+    /// Counts a new connection unless `max` are open already.
+    pub fn try_admit(&self, max: usize) -> bool {
+        self.connections
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub fn release(&self) {
+        self.connections.fetch_sub(1, Relaxed);
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Relaxed)
+    }
+
+    pub fn set_rooms(&self, rooms: usize) {
+        self.rooms.store(rooms, Relaxed);
+    }
+
+    pub fn message_received(&self) {
+        self.messages_received.fetch_add(1, Relaxed);
+    }
+
+    pub fn add_frames_sent(&self, frames: u64) {
+        if frames > 0 {
+            self.frames_sent.fetch_add(frames, Relaxed);
+        }
+    }
+
+    pub fn slow_consumer_disconnect(&self) {
+        self.slow_consumer_disconnects.fetch_add(1, Relaxed);
+    }
+
+    pub fn error_sent(&self, code: ErrorCode) {
+        self.errors[code as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition format, version 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(1024);
+        let mut series = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        };
+        series(
+            "roomchat_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            self.connections.load(Relaxed) as u64,
+        );
+        series(
+            "roomchat_rooms",
+            "gauge",
+            "Rooms with at least one member.",
+            self.rooms.load(Relaxed) as u64,
+        );
+        series(
+            "roomchat_messages_received_total",
+            "counter",
+            "Data frames received from clients.",
+            self.messages_received.load(Relaxed),
+        );
+        series(
+            "roomchat_frames_sent_total",
+            "counter",
+            "Data frames written to clients (not Ping, Pong or Close).",
+            self.frames_sent.load(Relaxed),
+        );
+        series(
+            "roomchat_slow_consumer_disconnects_total",
+            "counter",
+            "Clients disconnected because their outbound queue overflowed.",
+            self.slow_consumer_disconnects.load(Relaxed),
+        );
+        out.push_str("# HELP roomchat_errors_total Error events sent, by code.\n");
+        out.push_str("# TYPE roomchat_errors_total counter\n");
+        for code in ErrorCode::ALL {
+            let value = self.errors[code as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "roomchat_errors_total{{code=\"{}\"}} {value}",
+                code.as_str()
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_present_from_the_start() {
+        let text = Metrics::default().render();
+        for name in [
+            "roomchat_connections 0",
+            "roomchat_rooms 0",
+            "roomchat_messages_received_total 0",
+            "roomchat_frames_sent_total 0",
+            "roomchat_slow_consumer_disconnects_total 0",
+            "roomchat_errors_total{code=\"rate_limited\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == name),
+                "{name} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn admission_stops_at_the_limit() {
+        let m = Metrics::default();
+        assert!(m.try_admit(2) && m.try_admit(2));
+        assert!(!m.try_admit(2));
+        m.release();
+        assert!(m.try_admit(2));
+    }
+}

@@ -1,0 +1,469 @@
+//! The chat protocol as data: decoding and validating client frames, and the
+//! server events with their JSON shapes. Pure functions, no I/O; see
+//! `docs/PROTOCOL.md` for the prose version.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Longest username, in Unicode scalar values, after trimming.
+pub const MAX_USERNAME_CHARS: usize = 32;
+/// Longest room name, in Unicode scalar values, after trimming.
+pub const MAX_ROOM_CHARS: usize = 64;
+/// Longest chat message text, in Unicode scalar values.
+pub const MAX_TEXT_CHARS: usize = 2000;
+/// Largest `ack` a client may choose: 2^53 - 1, the last integer a
+/// JavaScript number holds exactly.
+pub const MAX_ACK: u64 = (1 << 53) - 1;
+
+/// A client frame whose envelope is sound: `event` is a string and `ack`,
+/// if present, is valid. What `data` holds is checked later, by [`parse_event`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub event: String,
+    pub data: Option<Value>,
+    pub ack: Option<u64>,
+}
+
+/// What a client asked for, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    JoinRoom { username: String, room: String },
+    ChatMessage { text: String },
+    Typing { typing: bool },
+    LeaveRoom,
+}
+
+impl ClientEvent {
+    /// Whether the event only makes sense inside a room (`not_in_room` otherwise).
+    pub fn needs_room(name: &str) -> bool {
+        matches!(name, "chatMessage" | "typing" | "leaveRoom")
+    }
+}
+
+/// The protocol's error codes, in the order the checks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BadJson,
+    BadRequest,
+    RateLimited,
+    UnknownEvent,
+    NotInRoom,
+    InvalidField,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 6] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadRequest,
+        ErrorCode::RateLimited,
+        ErrorCode::UnknownEvent,
+        ErrorCode::NotInRoom,
+        ErrorCode::InvalidField,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UnknownEvent => "unknown_event",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::InvalidField => "invalid_field",
+        }
+    }
+}
+
+/// A rejected frame: the `error` event's data, plus the `ack` to answer with
+/// when the request had a readable one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+    pub field: Option<&'static str>,
+    pub ack: Option<u64>,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+            field: None,
+            ack: None,
+        }
+    }
+
+    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Rejection {
+            field: Some(field),
+            ..Rejection::new(ErrorCode::InvalidField, message)
+        }
+    }
+
+    pub fn with_ack(mut self, ack: Option<u64>) -> Self {
+        self.ack = ack;
+        self
+    }
+}
+
+/// Reads the envelope of a native text frame: `{"event": str, "data"?: any, "ack"?: n}`.
+pub fn parse_envelope(text: &str) -> Result<Envelope, Rejection> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Rejection::new(ErrorCode::BadJson, format!("frame is not valid JSON: {e}")))?;
+    let Value::Object(mut object) = value else {
+        return Err(Rejection::new(
+            ErrorCode::BadJson,
+            "frame must be a JSON object",
+        ));
+    };
+    let ack = match object.remove("ack") {
+        None => None,
+        Some(value) => Some(parse_ack(&value).ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::BadRequest,
+                "ack must be a whole number from 0 to 2^53-1",
+            )
+        })?),
+    };
+    let event = match object.remove("event") {
+        Some(Value::String(event)) => event,
+        _ => {
+            return Err(
+                Rejection::new(ErrorCode::BadRequest, "frame needs a string \"event\"")
+                    .with_ack(ack),
+            )
+        }
+    };
+    Ok(Envelope {
+        event,
+        data: object.remove("data"),
+        ack,
+    })
+}
+
+/// An `ack` is a whole number in 0..=2^53-1 (`7` or `7.0`, not `-1`, `1.5` or `"7"`).
+pub fn parse_ack(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(n), _) => Some(n),
+            (None, Some(f)) if f.fract() == 0.0 && (0.0..=MAX_ACK as f64).contains(&f) => {
+                Some(f as u64)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+    .filter(|&n| n <= MAX_ACK)
+}
+
+/// Whether `name` is an event a client may send.
+pub fn is_known_event(name: &str) -> bool {
+    matches!(name, "joinRoom" | "chatMessage" | "typing" | "leaveRoom")
+}
+
+/// Checks an event's data. Call after the `unknown_event` and `not_in_room`
+/// checks, which depend on the connection's state.
+pub fn parse_event(event: &str, data: Option<&Value>) -> Result<ClientEvent, Rejection> {
+    match event {
+        "joinRoom" => {
+            let data = object(data)?;
+            let username = name_field(data, "username", MAX_USERNAME_CHARS)?;
+            let room = name_field(data, "room", MAX_ROOM_CHARS)?;
+            Ok(ClientEvent::JoinRoom { username, room })
+        }
+        "chatMessage" => {
+            let text = match object(data)?.get("text") {
+                Some(Value::String(text)) => text,
+                _ => return Err(Rejection::invalid("text", "text must be a string")),
+            };
+            check_text(text)?;
+            Ok(ClientEvent::ChatMessage { text: text.clone() })
+        }
+        "typing" => match object(data)?.get("typing") {
+            Some(&Value::Bool(typing)) => Ok(ClientEvent::Typing { typing }),
+            _ => Err(Rejection::invalid("typing", "typing must be true or false")),
+        },
+        "leaveRoom" => Ok(ClientEvent::LeaveRoom),
+        other => Err(Rejection::new(
+            ErrorCode::UnknownEvent,
+            format!("unknown event {other:?}"),
+        )),
+    }
+}
+
+fn object(data: Option<&Value>) -> Result<&Map<String, Value>, Rejection> {
+    match data {
+        Some(Value::Object(map)) => Ok(map),
+        _ => Err(Rejection::invalid("data", "data must be an object")),
+    }
+}
+
+/// A username or room name: a string, trimmed, 1..=max characters, no control characters.
+fn name_field(
+    data: &Map<String, Value>,
+    field: &'static str,
+    max: usize,
+) -> Result<String, Rejection> {
+    let Some(Value::String(raw)) = data.get(field) else {
+        return Err(Rejection::invalid(
+            field,
+            format!("{field} must be a string"),
+        ));
+    };
+    let name = raw.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > max {
+        return Err(Rejection::invalid(
+            field,
+            format!("{field} must be 1 to {max} characters"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Rejection::invalid(
+            field,
+            format!("{field} must not contain control characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// A chat text: 1..=2000 characters, not blank, no control characters but `\n`, `\r`, `\t`.
+fn check_text(text: &str) -> Result<(), Rejection> {
+    let chars = text.chars().count();
+    if chars == 0 || chars > MAX_TEXT_CHARS {
+        return Err(Rejection::invalid(
+            "text",
+            format!("text must be 1 to {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    if text.chars().all(char::is_whitespace) {
+        return Err(Rejection::invalid(
+            "text",
+            "text must not be only white space",
+        ));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(Rejection::invalid(
+            "text",
+            "text must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Server events. Each is a name and a data object; the transport (native
+// frame or Socket.IO packet) wraps them, see `outbox::Outgoing`.
+
+/// `{"id", "username"}`: one entry of `joined.users`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UserInfo {
+    pub id: String,
+    pub username: String,
+}
+
+/// `chatMessage` data, also what `joined.history` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatMessageData<'a> {
+    pub room: &'a str,
+    pub seq: u64,
+    pub id: &'a str,
+    pub username: &'a str,
+    pub text: &'a str,
+    pub ts: u64,
+}
+
+/// `userJoined` and `userLeft` data.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceData<'a> {
+    pub room: &'a str,
+    pub id: &'a str,
+    pub username: &'a str,
+}
+
+/// `typing` data.
+#[derive(Debug, Clone, Serialize)]
+pub struct TypingData<'a> {
+    pub room: &'a str,
+    pub id: &'a str,
+    pub username: &'a str,
+    pub typing: bool,
+}
+
+/// `joined` data. History entries are kept pre-encoded, see `rooms::Room`.
+#[derive(Debug, Serialize)]
+pub struct JoinedData<'a> {
+    pub room: &'a str,
+    pub username: &'a str,
+    pub id: &'a str,
+    pub users: Vec<UserInfo>,
+    pub history: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// `connected` data.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectedData<'a> {
+    pub id: &'a str,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_text_chars: usize,
+    pub rate_limit: Option<u32>,
+}
+
+/// `error` data.
+#[derive(Debug, Serialize)]
+pub struct ErrorData<'a> {
+    pub code: &'static str,
+    pub message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+}
+
+impl Rejection {
+    pub fn data(&self) -> ErrorData<'_> {
+        ErrorData {
+            code: self.code.as_str(),
+            message: &self.message,
+            field: self.field,
+        }
+    }
+}
+
+/// Serializes event data. Our data types are plain structs of strings and
+/// numbers, which always serialize.
+pub fn to_json<T: Serialize>(data: &T) -> String {
+    serde_json::to_string(data).expect("event data is plain JSON and always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn reject(text: &str) -> Rejection {
+        parse_envelope(text).unwrap_err()
+    }
+
+    #[test]
+    fn envelope_reads_event_data_and_ack() {
+        let env = parse_envelope(r#"{"event":"typing","data":{"typing":true},"ack":7}"#).unwrap();
+        assert_eq!(env.event, "typing");
+        assert_eq!(env.data, Some(json!({"typing": true})));
+        assert_eq!(env.ack, Some(7));
+    }
+
+    #[test]
+    fn not_json_or_not_an_object_is_bad_json() {
+        for text in ["", "{", "nope", "[1,2]", "\"event\"", "42", "null"] {
+            assert_eq!(reject(text).code, ErrorCode::BadJson, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn missing_or_non_string_event_is_bad_request_keeping_a_valid_ack() {
+        let r = reject(r#"{"data":{}, "ack": 3}"#);
+        assert_eq!((r.code, r.ack), (ErrorCode::BadRequest, Some(3)));
+        let r = reject(r#"{"event": 5}"#);
+        assert_eq!((r.code, r.ack), (ErrorCode::BadRequest, None));
+    }
+
+    #[test]
+    fn ack_bounds() {
+        assert_eq!(parse_ack(&json!(0)), Some(0));
+        assert_eq!(parse_ack(&json!(MAX_ACK)), Some(MAX_ACK));
+        assert_eq!(parse_ack(&json!(7.0)), Some(7));
+        for bad in [
+            json!(MAX_ACK + 1),
+            json!(-1),
+            json!(1.5),
+            json!("7"),
+            json!(null),
+            json!(1e300),
+        ] {
+            assert_eq!(parse_ack(&bad), None, "{bad}");
+        }
+        let r = reject(r#"{"event":"typing","ack":-1}"#);
+        assert_eq!((r.code, r.ack), (ErrorCode::BadRequest, None));
+    }
+
+    fn join(username: &str, room: &str) -> Result<ClientEvent, Rejection> {
+        parse_event(
+            "joinRoom",
+            Some(&json!({"username": username, "room": room})),
+        )
+    }
+
+    #[test]
+    fn username_and_room_are_trimmed_and_bounded() {
+        assert_eq!(
+            join("  ann\t", " lobby ").unwrap(),
+            ClientEvent::JoinRoom {
+                username: "ann".into(),
+                room: "lobby".into()
+            }
+        );
+        assert!(join(&"é".repeat(32), "r").is_ok());
+        assert_eq!(
+            join(&"é".repeat(33), "r").unwrap_err().field,
+            Some("username")
+        );
+        assert!(join("a", &"😀".repeat(64)).is_ok());
+        assert_eq!(join("a", &"😀".repeat(65)).unwrap_err().field, Some("room"));
+        assert_eq!(join("   ", "r").unwrap_err().field, Some("username"));
+        assert_eq!(join("a\u{7}b", "r").unwrap_err().field, Some("username"));
+        assert_eq!(
+            join("a", "r\u{85}").unwrap(),
+            join("a", "r").unwrap(),
+            "U+0085 is white space"
+        );
+        assert_eq!(join("a", "x\u{9f}y").unwrap_err().field, Some("room"));
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let field = |event: &str, data: Value| parse_event(event, Some(&data)).unwrap_err().field;
+        assert_eq!(
+            field("joinRoom", json!({"username": 1, "room": "r"})),
+            Some("username")
+        );
+        assert_eq!(field("joinRoom", json!({"username": "a"})), Some("room"));
+        assert_eq!(field("joinRoom", json!("ann")), Some("data"));
+        assert_eq!(field("chatMessage", json!({"text": ["hi"]})), Some("text"));
+        assert_eq!(field("typing", json!({"typing": "yes"})), Some("typing"));
+        assert_eq!(parse_event("typing", None).unwrap_err().field, Some("data"));
+        assert_eq!(parse_event("leaveRoom", None), Ok(ClientEvent::LeaveRoom));
+    }
+
+    #[test]
+    fn text_bounds() {
+        let chat = |text: &str| parse_event("chatMessage", Some(&json!({ "text": text })));
+        assert!(chat(&"x".repeat(2000)).is_ok());
+        assert!(chat(&"x".repeat(2001)).is_err());
+        assert!(chat("").is_err());
+        assert!(chat(" \n\t\u{3000}").is_err());
+        assert!(chat("line\r\nnext\ttab").is_ok());
+        assert!(chat("bell\u{7}").is_err());
+        assert_eq!(
+            chat("  kept  ").unwrap(),
+            ClientEvent::ChatMessage {
+                text: "  kept  ".into()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_events_are_named() {
+        let r = parse_event("dance", None).unwrap_err();
+        assert_eq!(r.code, ErrorCode::UnknownEvent);
+        assert!(!is_known_event("dance") && is_known_event("joinRoom"));
+    }
+}

@@ -1,0 +1,489 @@
+//! The room registry: who is connected, who is in which room, each room's
+//! `seq` and history. One mutex guards it all; under it we only assign
+//! numbers and push shared, already-encoded events onto channels, never
+//! touch a socket. Pushing under the lock is what gives every member of a
+//! room the same order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::info;
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::outbox::{Outbound, Outbox, Outgoing};
+use crate::protocol::{ChatMessageData, JoinedData, PresenceData, TypingData, UserInfo};
+
+/// A connection's identity, unique for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The request needs a room and the client is in none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotInRoom;
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    /// Signalled whenever a client goes, for `wait_empty`.
+    emptied: Condvar,
+    history_limit: usize,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Inner {
+    clients: HashMap<ClientId, Client>,
+    rooms: BTreeMap<String, Room>,
+}
+
+struct Client {
+    outbox: Outbox,
+    /// The room this client is in, if any; its name there is in the room's member list.
+    room: Option<String>,
+}
+
+#[derive(Default)]
+struct Room {
+    /// In join order.
+    members: Vec<Member>,
+    last_seq: u64,
+    /// The last `history_limit` chat messages, oldest first.
+    history: VecDeque<Arc<Outgoing>>,
+}
+
+struct Member {
+    id: ClientId,
+    username: String,
+    outbox: Outbox,
+}
+
+impl Room {
+    fn position(&self, id: ClientId) -> usize {
+        self.members
+            .iter()
+            .position(|m| m.id == id)
+            .expect("a client's room lists it as a member")
+    }
+
+    /// Queues `event` for every member but `except`, noting slow consumers in `evicted`.
+    fn send_all(
+        &self,
+        event: &Arc<Outgoing>,
+        except: Option<ClientId>,
+        evicted: &mut Vec<ClientId>,
+    ) {
+        for member in &self.members {
+            if Some(member.id) != except && !member.outbox.push(event) {
+                evicted.push(member.id);
+            }
+        }
+    }
+}
+
+impl Registry {
+    pub fn new(history_limit: usize, metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            inner: Mutex::default(),
+            emptied: Condvar::new(),
+            history_limit,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug in this file; the
+        // data is still consistent enough to keep serving the other rooms.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a connected client, not yet in a room.
+    pub fn connect(&self, id: ClientId, outbox: Outbox) {
+        self.lock()
+            .clients
+            .insert(id, Client { outbox, room: None });
+    }
+
+    /// Forgets a client, telling its room `userLeft`. Safe to call twice.
+    pub fn disconnect(&self, id: ClientId) {
+        let mut inner = self.lock();
+        let mut evicted = Vec::new();
+        inner.leave_room(id, &mut evicted);
+        inner.clients.remove(&id);
+        self.settle(&mut inner, evicted);
+        drop(inner);
+        self.emptied.notify_all();
+    }
+
+    pub fn in_room(&self, id: ClientId) -> bool {
+        self.lock()
+            .clients
+            .get(&id)
+            .is_some_and(|c| c.room.is_some())
+    }
+
+    /// `joinRoom`: leaves the current room (unless it is `room`), joins `room`
+    /// as `username`, answers `joined` and, with an ack, `ack`.
+    pub fn join(&self, id: ClientId, username: &str, room: &str, ack: Option<u64>) {
+        let mut inner = self.lock();
+        let mut evicted = Vec::new();
+        let current = inner.clients.get(&id).and_then(|c| c.room.clone());
+        if current.as_deref() == Some(room) {
+            let members = &mut inner
+                .rooms
+                .get_mut(room)
+                .expect("the client's room exists")
+                .members;
+            let me = members
+                .iter_mut()
+                .find(|m| m.id == id)
+                .expect("member of its room");
+            if me.username != username {
+                let old = std::mem::replace(&mut me.username, username.to_owned());
+                let r = &inner.rooms[room];
+                let left = Outgoing::new("userLeft", &presence(room, id, &old), None);
+                r.send_all(&left, Some(id), &mut evicted);
+                let joined = Outgoing::new("userJoined", &presence(room, id, username), None);
+                r.send_all(&joined, Some(id), &mut evicted);
+            }
+        } else {
+            inner.leave_room(id, &mut evicted);
+            let Some(client) = inner.clients.get_mut(&id) else {
+                return;
+            };
+            client.room = Some(room.to_owned());
+            let outbox = client.outbox.clone();
+            let r = inner.rooms.entry(room.to_owned()).or_default();
+            let event = Outgoing::new("userJoined", &presence(room, id, username), None);
+            r.send_all(&event, None, &mut evicted);
+            r.members.push(Member {
+                id,
+                username: username.to_owned(),
+                outbox,
+            });
+            info!("client {id} joined {room:?} as {username:?}");
+        }
+        let r = &inner.rooms[room];
+        let joined = JoinedData {
+            room,
+            username,
+            id: &id.to_string(),
+            users: r
+                .members
+                .iter()
+                .map(|m| UserInfo {
+                    id: m.id.to_string(),
+                    username: m.username.clone(),
+                })
+                .collect(),
+            history: r.history.iter().map(|m| &*m.data).collect(),
+        };
+        let joined = Outgoing::new("joined", &joined, None);
+        inner.send_to(id, &joined, &mut evicted);
+        if let Some(ack) = ack {
+            inner.send_to(
+                id,
+                &Outgoing::new("ack", &json!({"ok": true, "room": room}), Some(ack)),
+                &mut evicted,
+            );
+        }
+        self.settle(&mut inner, evicted);
+    }
+
+    /// `leaveRoom`: answers `left` and, with an ack, `ack`.
+    pub fn leave(&self, id: ClientId, ack: Option<u64>) -> Result<(), NotInRoom> {
+        let mut inner = self.lock();
+        let mut evicted = Vec::new();
+        let room = inner.leave_room(id, &mut evicted).ok_or(NotInRoom)?;
+        inner.send_to(
+            id,
+            &Outgoing::new("left", &json!({ "room": room }), None),
+            &mut evicted,
+        );
+        inner.send_ack(id, ack, json!({"ok": true}), &mut evicted);
+        self.settle(&mut inner, evicted);
+        Ok(())
+    }
+
+    /// `chatMessage`: numbers the message, sends it to the whole room, keeps it in history.
+    pub fn chat(&self, id: ClientId, text: &str, ack: Option<u64>) -> Result<u64, NotInRoom> {
+        let mut inner = self.lock();
+        let mut evicted = Vec::new();
+        let room_name = inner.room_of(id).ok_or(NotInRoom)?;
+        let limit = self.history_limit;
+        let r = inner
+            .rooms
+            .get_mut(&room_name)
+            .expect("the client's room exists");
+        r.last_seq += 1;
+        let seq = r.last_seq;
+        let me = &r.members[r.position(id)];
+        let data = ChatMessageData {
+            room: &room_name,
+            seq,
+            id: &id.to_string(),
+            username: &me.username,
+            text,
+            ts: unix_millis(),
+        };
+        let event = Outgoing::new("chatMessage", &data, None);
+        r.send_all(&event, None, &mut evicted);
+        if limit > 0 {
+            if r.history.len() == limit {
+                r.history.pop_front();
+            }
+            r.history.push_back(event);
+        }
+        inner.send_ack(id, ack, json!({"ok": true, "seq": seq}), &mut evicted);
+        self.settle(&mut inner, evicted);
+        Ok(seq)
+    }
+
+    /// `typing`: tells the rest of the room.
+    pub fn typing(&self, id: ClientId, typing: bool, ack: Option<u64>) -> Result<(), NotInRoom> {
+        let mut inner = self.lock();
+        let mut evicted = Vec::new();
+        let room_name = inner.room_of(id).ok_or(NotInRoom)?;
+        let r = &inner.rooms[&room_name];
+        let me = &r.members[r.position(id)];
+        let data = TypingData {
+            room: &room_name,
+            id: &id.to_string(),
+            username: &me.username,
+            typing,
+        };
+        r.send_all(
+            &Outgoing::new("typing", &data, None),
+            Some(id),
+            &mut evicted,
+        );
+        inner.send_ack(id, ack, json!({"ok": true}), &mut evicted);
+        self.settle(&mut inner, evicted);
+        Ok(())
+    }
+
+    /// Queues a personal event (an `error`, say) for one client.
+    pub fn send(&self, id: ClientId, event: &Arc<Outgoing>) {
+        let mut inner = self.lock();
+        let mut evicted = Vec::new();
+        inner.send_to(id, event, &mut evicted);
+        self.settle(&mut inner, evicted);
+    }
+
+    /// Rooms and their member counts, sorted by name (code-point order).
+    pub fn rooms(&self) -> Vec<(String, usize)> {
+        self.lock()
+            .rooms
+            .iter()
+            .map(|(name, r)| (name.clone(), r.members.len()))
+            .collect()
+    }
+
+    /// Shutdown: queues a Close with `code` for every client.
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for client in self.lock().clients.values() {
+            client.outbox.control(Outbound::close(code, reason));
+        }
+    }
+
+    /// Cuts every remaining connection at the socket.
+    pub fn abort_all(&self) {
+        for client in self.lock().clients.values() {
+            client.outbox.abort();
+        }
+    }
+
+    /// Waits until no client is registered, or until `timeout`. True if empty.
+    pub fn wait_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        while !inner.clients.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            inner = self
+                .emptied
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Takes slow consumers out of their rooms (their `userLeft` may find
+    /// more), then refreshes the rooms gauge.
+    fn settle(&self, inner: &mut Inner, mut evicted: Vec<ClientId>) {
+        while let Some(id) = evicted.pop() {
+            inner.leave_room(id, &mut evicted);
+        }
+        self.metrics.set_rooms(inner.rooms.len());
+    }
+
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        let inner = self.lock();
+        for (name, room) in &inner.rooms {
+            assert!(!room.members.is_empty(), "empty room {name:?} survived");
+            for m in &room.members {
+                assert_eq!(inner.clients[&m.id].room.as_deref(), Some(name.as_str()));
+            }
+        }
+        for (id, c) in &inner.clients {
+            if let Some(room) = &c.room {
+                assert_eq!(
+                    inner.rooms[room]
+                        .members
+                        .iter()
+                        .filter(|m| m.id == *id)
+                        .count(),
+                    1
+                );
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn room_of(&self, id: ClientId) -> Option<String> {
+        self.clients.get(&id)?.room.clone()
+    }
+
+    fn send_to(&self, id: ClientId, event: &Arc<Outgoing>, evicted: &mut Vec<ClientId>) {
+        if let Some(client) = self.clients.get(&id) {
+            if !client.outbox.push(event) {
+                evicted.push(id);
+            }
+        }
+    }
+
+    fn send_ack(
+        &self,
+        id: ClientId,
+        ack: Option<u64>,
+        data: serde_json::Value,
+        evicted: &mut Vec<ClientId>,
+    ) {
+        if let Some(ack) = ack {
+            self.send_to(id, &Outgoing::new("ack", &data, Some(ack)), evicted);
+        }
+    }
+
+    /// Takes the client out of its room, telling the others `userLeft`, and
+    /// drops the room if it is now empty. Returns the room's name.
+    fn leave_room(&mut self, id: ClientId, evicted: &mut Vec<ClientId>) -> Option<String> {
+        let name = self.clients.get_mut(&id)?.room.take()?;
+        let room = self.rooms.get_mut(&name).expect("the client's room exists");
+        let member = room.members.remove(room.position(id));
+        info!("client {id} left {name:?}");
+        if room.members.is_empty() {
+            self.rooms.remove(&name);
+        } else {
+            let event = Outgoing::new("userLeft", &presence(&name, id, &member.username), None);
+            room.send_all(&event, None, evicted);
+        }
+        Some(name)
+    }
+}
+
+fn presence<'a>(room: &'a str, id: ClientId, username: &'a str) -> serde_json::Value {
+    serde_json::to_value(PresenceData {
+        room,
+        id: &id.to_string(),
+        username,
+    })
+    .expect("presence data always serializes")
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A registry and `n` clients whose outboxes write to real (unread) sockets.
+    fn setup(
+        n: u64,
+    ) -> (
+        Registry,
+        Vec<crossbeam_channel::Receiver<Outbound>>,
+        Vec<TcpStream>,
+    ) {
+        let registry = Registry::new(2, Arc::new(Metrics::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut receivers, mut peers) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            peers.push(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+            let socket = Arc::new(listener.accept().unwrap().0);
+            let (outbox, rx) = Outbox::new(socket, Arc::new(Metrics::default()));
+            registry.connect(ClientId(i), outbox);
+            receivers.push(rx);
+        }
+        (registry, receivers, peers)
+    }
+
+    fn events(rx: &crossbeam_channel::Receiver<Outbound>) -> Vec<&'static str> {
+        rx.try_iter()
+            .filter_map(|o| match o {
+                Outbound::Event(e) => Some(e.name),
+                _ => None,
+            })
+            .collect()
+    }
+
+    use std::net::TcpStream;
+
+    #[test]
+    fn join_switch_leave_keep_the_invariants() {
+        let (registry, rx, _peers) = setup(3);
+        registry.join(ClientId(0), "a", "x", None);
+        registry.join(ClientId(1), "b", "x", Some(1));
+        registry.join(ClientId(2), "c", "y", None);
+        registry.check_invariants();
+        assert_eq!(events(&rx[1]), ["joined", "ack"]);
+        assert_eq!(events(&rx[0]), ["joined", "userJoined"]);
+        registry.join(ClientId(1), "b", "y", None);
+        registry.check_invariants();
+        assert_eq!(events(&rx[0]), ["userLeft"]);
+        assert_eq!(registry.leave(ClientId(0), None), Ok(()));
+        assert_eq!(registry.leave(ClientId(0), None), Err(NotInRoom));
+        registry.check_invariants();
+        assert_eq!(registry.rooms(), [("y".to_owned(), 2)]);
+        registry.disconnect(ClientId(1));
+        registry.disconnect(ClientId(1));
+        registry.check_invariants();
+        assert_eq!(registry.rooms(), [("y".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn seq_rises_by_one_and_history_is_bounded() {
+        let (registry, _rx, _peers) = setup(1);
+        assert_eq!(registry.chat(ClientId(0), "hi", None), Err(NotInRoom));
+        registry.join(ClientId(0), "a", "x", None);
+        let seqs: Vec<_> = (0..4)
+            .map(|_| registry.chat(ClientId(0), "hi", None).unwrap())
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        let inner = registry.lock();
+        let history: Vec<_> = inner.rooms["x"]
+            .history
+            .iter()
+            .map(|m| m.data.get().contains("\"seq\":3"))
+            .collect();
+        assert_eq!(history, [true, false]);
+    }
+}

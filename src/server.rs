@@ -1,0 +1,238 @@
+//! Starting and stopping: binds both listeners, starts the HTTP thread and
+//! the WebSocket accept thread, and on shutdown closes every client with 1001.
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use log::info;
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::config::{Config, Origins};
+use crate::http::Assets;
+use crate::metrics::Metrics;
+use crate::rooms::{ClientId, Registry};
+use crate::{accept, http};
+
+/// How long shutdown waits for clients to answer their Close before cutting them off.
+const CLOSE_GRACE: Duration = Duration::from_millis(1500);
+
+/// What every thread of the server shares.
+pub struct Shared {
+    pub config: Config,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub origins: Origins,
+    pub assets: Assets,
+    /// The WebSocket port actually bound, for `/config.json`.
+    pub ws_port: u16,
+    pub ws_config: WebSocketConfig,
+    next_id: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    pub fn next_client_id(&self) -> ClientId {
+        ClientId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A listener could not be bound (address in use, bad host, no permission).
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: io::Error,
+    },
+    /// `--www` is not a readable folder.
+    Www { path: PathBuf, source: io::Error },
+    /// A thread could not be started.
+    Spawn(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind { what, addr, source } => {
+                write!(f, "cannot bind the {what} listener to {addr}: {source}")
+            }
+            StartError::Www { path, source } => write!(
+                f,
+                "cannot serve the client from {}: {source}",
+                path.display()
+            ),
+            StartError::Spawn(source) => write!(f, "cannot start a server thread: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Bind { source, .. }
+            | StartError::Www { source, .. }
+            | StartError::Spawn(source) => Some(source),
+        }
+    }
+}
+
+/// A running server. Dropping it shuts it down.
+pub struct Server {
+    http_addr: SocketAddr,
+    ws_addr: SocketAddr,
+    shared: Arc<Shared>,
+    http: Arc<tiny_http::Server>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds both listeners and starts serving.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let assets = match &config.www {
+            None => Assets::Embedded,
+            Some(dir) => {
+                let root = dir.canonicalize().map_err(|source| StartError::Www {
+                    path: dir.clone(),
+                    source,
+                })?;
+                if !root.is_dir() {
+                    let source = io::Error::new(io::ErrorKind::NotADirectory, "not a folder");
+                    return Err(StartError::Www {
+                        path: dir.clone(),
+                        source,
+                    });
+                }
+                Assets::Dir(root)
+            }
+        };
+        let bind = |what, port| {
+            let addr = format!("{}:{port}", crate::config::bracket_ipv6(&config.host));
+            TcpListener::bind((config.host.as_str(), port)).map_err(|source| StartError::Bind {
+                what,
+                addr,
+                source,
+            })
+        };
+        let http_listener = bind("HTTP", config.http_port)?;
+        let ws_listener = bind("WebSocket", config.ws_port)?;
+        let local = |l: &TcpListener, what| {
+            l.local_addr().map_err(|source| StartError::Bind {
+                what,
+                addr: config.host.clone(),
+                source,
+            })
+        };
+        let http_addr = local(&http_listener, "HTTP")?;
+        let ws_addr = local(&ws_listener, "WebSocket")?;
+
+        let metrics = Arc::new(Metrics::default());
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes));
+        let shared = Arc::new(Shared {
+            registry: Registry::new(config.history, Arc::clone(&metrics)),
+            metrics,
+            origins: Origins::new(config.origins_for(http_addr.port())),
+            assets,
+            ws_port: ws_addr.port(),
+            ws_config,
+            next_id: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            config,
+        });
+
+        let http = Arc::new(
+            tiny_http::Server::from_listener(http_listener, None)
+                .map_err(|e| StartError::Spawn(io::Error::other(e.to_string())))?,
+        );
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            thread::Builder::new()
+                .name(name.into())
+                .spawn(body)
+                .map_err(StartError::Spawn)
+        };
+        let (h, s) = (Arc::clone(&http), Arc::clone(&shared));
+        let http_thread = spawn("http", Box::new(move || http::run(h, s)))?;
+        let s = Arc::clone(&shared);
+        let accept_thread = spawn("ws-accept", Box::new(move || accept::run(ws_listener, s)))?;
+        info!("http on {http_addr}, websocket on {ws_addr}");
+        Ok(Server {
+            http_addr,
+            ws_addr,
+            shared,
+            http,
+            threads: vec![http_thread, accept_thread],
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    /// The line printed on startup: both URLs, with the host as configured.
+    pub fn banner(&self) -> String {
+        let host = crate::config::bracket_ipv6(&self.shared.config.host);
+        format!(
+            "roomchat listening on http://{host}:{} (websocket ws://{host}:{}/ws)",
+            self.http_addr.port(),
+            self.ws_addr.port()
+        )
+    }
+
+    /// Stops accepting, sends every client Close 1001, and waits (briefly)
+    /// for them to go.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.shared.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        info!("shutting down");
+        self.http.unblock();
+        // The accept loop blocks in accept(): a connection of our own wakes it.
+        let mut wake = self.ws_addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(if wake.is_ipv4() {
+                Ipv4Addr::LOCALHOST.into()
+            } else {
+                Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        let registry = &self.shared.registry;
+        registry.close_all(1001, "server shutting down");
+        if !registry.wait_empty(CLOSE_GRACE) {
+            registry.abort_all();
+            registry.wait_empty(Duration::from_millis(300));
+        }
+        info!("stopped");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
