@@ -4,7 +4,7 @@
 // from ROOMCHAT_BIN (default ../../target/debug/roomchat).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createWriteStream, mkdirSync } from 'node:fs';
 import path from 'node:path';
@@ -99,6 +99,15 @@ async function restartServer(old, args) {
   throw lastError;
 }
 
+/** The server side of the HTTP port's connections (Recv-Q > 0: request bytes nobody reads). */
+function sockets(port) {
+  try {
+    return execFileSync('ss', ['-tn', 'state', 'established', `( sport = :${port} )`], { encoding: 'utf8', timeout: 2000 });
+  } catch (e) {
+    return `(ss not available: ${e.message})`;
+  }
+}
+
 // ---- the browser
 
 let browser;
@@ -144,7 +153,7 @@ async function openPage(server, { viewport = { width: 1100, height: 760 }, conte
     await page.goto(server.url);
     await waitConn(page, 'online');
   } catch (e) {
-    e.message += `\nnetwork log:\n  ${netlog.join('\n  ')}\nserver stderr (tail):\n${server.stderr().slice(-3000)}`;
+    e.message += `\nnetwork log:\n  ${netlog.join('\n  ')}\nserver sockets:\n${sockets(server.httpPort)}\nserver stderr (tail):\n${server.stderr().slice(-3000)}`;
     throw e;
   }
   return page;
