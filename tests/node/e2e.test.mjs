@@ -25,6 +25,8 @@ const XSS_ROOM = '<svg onload=alert(3)>';
 // ---- the server under test
 
 const servers = new Set();
+// Last resort if the runner dies between tests: never leave a server behind.
+process.on('exit', () => { for (const s of servers) s.child.kill('SIGKILL'); });
 
 /** Starts roomchat; resolves once its startup line names the bound ports. */
 async function startServer({ httpPort = 0, wsPort = 0, args = [] } = {}) {

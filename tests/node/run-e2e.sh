@@ -3,7 +3,7 @@
 #   ROOMCHAT_BIN       server binary (default ../../target/debug/roomchat, relative to this folder)
 #   CHROMIUM_PATH      browser (default /usr/bin/chromium, Debian's `chromium` package)
 #   UPDATE_SCREENSHOT=1  copy the fresh two-pages screenshot to docs/screenshot.png
-# Arguments, if any, replace the default test file list (e.g. ./run-e2e.sh e2e.test.mjs).
+# Runs every *.test.mjs here; arguments, if any, replace that list (e.g. ./run-e2e.sh e2e.test.mjs).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -22,7 +22,7 @@ fi
 
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
-  files=(e2e.test.mjs)
+  files=(*.test.mjs)
 fi
 
 start=$(date +%s.%N)
