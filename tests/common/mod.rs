@@ -272,3 +272,126 @@ impl Client {
         assert!(frames.is_empty(), "unexpected frames: {frames:?}");
     }
 }
+
+/// A WebSocket spoken by hand, for frames a client library refuses to send.
+pub struct RawSocket {
+    pub stream: TcpStream,
+}
+
+impl RawSocket {
+    /// Upgrades on `path` and reads the 101 head (and nothing more).
+    pub fn upgrade(addr: SocketAddr, path: &str) -> RawSocket {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream
+            .write_all(upgrade_request(path, "").as_bytes())
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        RawSocket { stream }
+    }
+
+    /// A frame with the given first byte (FIN + opcode), masked unless `masked` is false.
+    pub fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        let mut out = vec![first];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => out.push(mask_bit | n as u8),
+            n if n < 65536 => {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let key = [0x12, 0x34, 0x56, 0x78];
+        if masked {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            out.extend_from_slice(payload);
+        }
+        out
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Sends a native frame (masked text).
+    pub fn send_json(&mut self, frame: Value) {
+        self.send(&RawSocket::frame(0x81, frame.to_string().as_bytes(), true));
+    }
+
+    /// Sends `joinRoom`; the answers stay unread.
+    pub fn join(&mut self, username: &str, room: &str) {
+        self.send_json(json!({"event": "joinRoom", "data": {"username": username, "room": room}}));
+    }
+
+    /// Reads and discards everything the server sends, on a thread, until the connection ends.
+    pub fn drain(&self) -> std::thread::JoinHandle<u64> {
+        let mut stream = self.stream.try_clone().unwrap();
+        stream.set_read_timeout(None).unwrap();
+        std::thread::spawn(move || {
+            let mut total = 0;
+            let mut buf = [0u8; 65536];
+            while let Ok(n @ 1..) = stream.read(&mut buf) {
+                total += n as u64;
+            }
+            total
+        })
+    }
+
+    /// The next frame: (first byte, payload). None when the connection ended.
+    pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut head = [0u8; 2];
+        self.stream.read_exact(&mut head).ok()?;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                self.stream.read_exact(&mut b).ok()?;
+                u16::from_be_bytes(b) as usize
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                self.stream.read_exact(&mut b).ok()?;
+                u64::from_be_bytes(b) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        self.stream.read_exact(&mut payload).ok()?;
+        Some((head[0], payload))
+    }
+
+    /// Reads frames until a Close; returns its status code.
+    pub fn close_code(&mut self) -> Option<u16> {
+        while let Some((first, payload)) = self.read_frame() {
+            if first & 0x0f == 0x8 {
+                return Some(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+        None
+    }
+
+    /// The next text frame parsed as JSON (skipping control frames).
+    pub fn recv_json(&mut self) -> Value {
+        loop {
+            let (first, payload) = self.read_frame().expect("a frame");
+            if first & 0x0f == 0x1 {
+                return serde_json::from_slice(&payload).unwrap();
+            }
+        }
+    }
+}
