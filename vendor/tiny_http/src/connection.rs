@@ -95,6 +95,16 @@ impl Connection {
         }
     }
 
+    /// Sets SO_RCVTIMEO (roomchat patch: lets a reader waiting on a silent client wake up
+    /// to check the request-head deadline).
+    pub(crate) fn set_read_timeout(&self, dur: Option<std::time::Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(dur),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_read_timeout(dur),
+        }
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),

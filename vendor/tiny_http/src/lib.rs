@@ -104,7 +104,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use client::ClientConnection;
 use connection::Connection;
@@ -161,6 +161,7 @@ impl From<Request> for Message {
 
 // this trait is to make sure that Server implements Share and Send
 #[doc(hidden)]
+#[allow(dead_code)] // roomchat patch: upstream warning, kept quiet for -D warnings builds
 trait MustBeShareDummy: Sync + Send {}
 #[doc(hidden)]
 impl MustBeShareDummy for Server {}
@@ -177,6 +178,39 @@ pub struct ServerConfig {
 
     /// If `Some`, then the server will use SSL to encode the communications.
     pub ssl: Option<SslConfig>,
+}
+
+/// Limits on receiving a request head (roomchat patch, see PATCHES.md).
+///
+/// A head (request line and header lines, CRLFs included) longer than `max_head_bytes`,
+/// or with more than `max_headers` header fields, is answered with
+/// `431 Request Header Fields Too Large` and `Connection: close`, and the connection is
+/// closed; no more than `max_head_bytes` of it is ever buffered.
+///
+/// With `head_timeout` set, a head must be complete within that time, counted from
+/// accept for the first request and from the end of the previous answer on a kept-alive
+/// connection (any unread body of the previous request must also arrive by then). When
+/// it passes, the connection is closed, after a best-effort `408 Request Timeout` if
+/// part of the head had arrived. It also bounds the read of a small (<= 1024 bytes)
+/// body, which tiny_http reads before handing out the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Largest accepted request head, in bytes. Default 16 KiB.
+    pub max_head_bytes: usize,
+    /// Most header fields accepted in one request. Default 100.
+    pub max_headers: usize,
+    /// Total time to receive a request head. Default `None`: no deadline.
+    pub head_timeout: Option<Duration>,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits {
+            max_head_bytes: 16 * 1024,
+            max_headers: 100,
+            head_timeout: None,
+        }
+    }
 }
 
 /// Configuration of the server for SSL.
@@ -243,6 +277,28 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, HeadLimits::default())
+    }
+
+    /// Shortcut for a simple server on a specific address, with request-head limits
+    /// (roomchat patch).
+    pub fn http_with_limits<A>(
+        addr: A,
+        limits: HeadLimits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
+    where
+        A: ToSocketAddrs,
+    {
+        let listener = ConfigListenAddr::from_socket_addrs(addr)?.bind()?;
+        Self::from_listener_with_limits(listener, None, limits)
+    }
+
+    /// Same as `from_listener()`, with request-head limits (roomchat patch).
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: HeadLimits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -293,6 +349,7 @@ impl Server {
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
+                        let accepted_at = Instant::now();
                         use util::RefinedTcpStream;
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
@@ -311,7 +368,12 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        Ok(ClientConnection::new(
+                            write_closable,
+                            read_closable,
+                            limits,
+                            accepted_at,
+                        ))
                     }
                     Err(e) => Err(e),
                 };
@@ -338,10 +400,26 @@ impl Server {
                         }));
                     }
 
+                    // roomchat patch: upstream pushed the error to recv() and stopped
+                    // accepting for good; a failed accept (e.g. a client that reset
+                    // before accept, or running out of fds) must not kill the server.
                     Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        if inside_close_trigger.load(Relaxed) {
+                            break;
+                        }
+                        match e.kind() {
+                            IoErrorKind::ConnectionAborted
+                            | IoErrorKind::ConnectionReset
+                            | IoErrorKind::Interrupted
+                            | IoErrorKind::WouldBlock => {
+                                log::debug!("Error accepting new client: {}", e);
+                            }
+                            _ => {
+                                // EMFILE and the like: retrying at once would spin
+                                log::error!("Error accepting new client: {}", e);
+                                thread::sleep(Duration::from_millis(100));
+                            }
+                        }
                     }
                 }
             }

@@ -73,6 +73,16 @@ impl<W: Write + Send> SequentialWriterBuilder<W> {
     }
 }
 
+impl<R: Read + Send> SequentialReader<R> {
+    /// The inner reader, if it is this reader's turn (roomchat patch).
+    pub fn get_mut(&mut self) -> Option<&mut R> {
+        match self.inner {
+            SequentialReaderInner::MyTurn(ref mut reader) => Some(reader),
+            _ => None,
+        }
+    }
+}
+
 impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
     type Item = SequentialReader<R>;
 
