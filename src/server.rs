@@ -155,8 +155,16 @@ impl Server {
         });
 
         let http = Arc::new(
-            tiny_http::Server::from_listener(http_listener, None)
-                .map_err(|e| StartError::Spawn(io::Error::other(e.to_string())))?,
+            tiny_http::Server::from_listener_with_limits(
+                http_listener,
+                None,
+                tiny_http::HeadLimits {
+                    max_head_bytes: accept::MAX_HEAD_BYTES,
+                    max_headers: accept::MAX_HEADERS,
+                    head_timeout: Some(shared.config.handshake_timeout),
+                },
+            )
+            .map_err(|e| StartError::Spawn(io::Error::other(e.to_string())))?,
         );
         let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
             thread::Builder::new()

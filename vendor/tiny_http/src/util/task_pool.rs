@@ -69,7 +69,11 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // roomchat patch: a worker that was notified but has not yet taken
+        // the lock still counts as waiting, and will take a task already
+        // queued. Only hand the task to the queue if an idle worker is left
+        // over for it; otherwise it could wait behind a kept-alive connection.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
