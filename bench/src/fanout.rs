@@ -38,8 +38,9 @@ pub struct FanoutArgs {
     /// Event-loop threads; members are dealt round-robin.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Most handshakes in flight per thread while connecting.
-    #[arg(long, default_value_t = 256)]
+    /// Most handshakes in flight per thread while connecting (the server's
+    /// listen backlog is 128: more in flight and SYNs get dropped).
+    #[arg(long, default_value_t = 100)]
     pub connect_burst: usize,
 }
 
@@ -82,6 +83,8 @@ struct Out {
     acked: u64,
     samples: Vec<String>,
     last_rx: Option<Instant>,
+    close_secs: f64,
+    unclosed: usize,
     hist: Option<Histogram<u64>>,
     connect: Option<Histogram<u64>>,
 }
@@ -357,6 +360,13 @@ fn run_loop(
             break;
         }
     }
+    // Measured; now leave politely so the server sees clean closes. Closes
+    // are not failures from here on.
+    fan.by_conn.clear();
+    let closing = Instant::now();
+    net.close_all(&mut fan, Duration::from_secs(3));
+    fan.out.close_secs = closing.elapsed().as_secs_f64();
+    fan.out.unclosed = net.live();
     fan.out.hist = Some(fan.hist);
     fan.out.connect = Some(fan.connect);
     fan.out
@@ -366,6 +376,7 @@ fn run_loop(
 pub fn run(
     a: &FanoutArgs,
     target: &Target,
+    pid: Option<u32>,
     label: &str,
     timeout: Duration,
 ) -> (bool, serde_json::Value) {
@@ -405,6 +416,7 @@ pub fn run(
         done_loops: AtomicUsize::new(0),
         abort: AtomicBool::new(false),
     };
+    let cpu = report::Cpu::now(pid);
     let started = Instant::now();
     let deadline = started + timeout;
     let outs: Vec<Out> = std::thread::scope(|s| {
@@ -420,6 +432,8 @@ pub fn run(
             .collect()
     });
 
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu.since(pid);
     let mut t = Out::default();
     let mut hist = report::histogram();
     let mut connect = report::histogram();
@@ -434,6 +448,8 @@ pub fn run(
         t.acked += o.acked;
         t.samples.extend(o.samples);
         t.last_rx = t.last_rx.max(o.last_rx);
+        t.close_secs = t.close_secs.max(o.close_secs);
+        t.unclosed += o.unclosed;
         if let Some(h) = &o.hist {
             let _ = hist.add(h);
         }
@@ -448,6 +464,7 @@ pub fn run(
         (Some(g), Some(l)) => l.saturating_duration_since(g).as_secs_f64(),
         _ => 0.0,
     };
+    let connect_secs = go.map_or(0.0, |g| g.saturating_duration_since(started).as_secs_f64());
     let fps = if secs > 0.0 {
         t.received as f64 / secs
     } else {
@@ -491,10 +508,21 @@ pub fn run(
             ),
             ("errors / closed", format!("{} / {}", t.errors, t.closed)),
             ("duration", format!("{secs:.3} s")),
+            (
+                "phases",
+                format!(
+                    "connect+join {connect_secs:.2} s, close {:.2} s ({} unclosed)",
+                    t.close_secs, t.unclosed
+                ),
+            ),
             ("delivered frames/s", format!("{fps:.0}")),
             ("messages/s (acked)", format!("{mps:.0}")),
             ("latency", report::pct_line(&lat)),
             ("connect", report::pct_line(&con)),
+            (
+                "CPU server / bench",
+                format!("{} s / {} s in {wall:.2} s", cpu["server"], cpu["bench"]),
+            ),
             (
                 "result",
                 if pass {
@@ -531,6 +559,10 @@ pub fn run(
         "messages_per_sec": mps.round(),
         "latency_ms": lat,
         "connect_ms": con,
+        "cpu_secs": cpu,
+        "connect_secs": connect_secs,
+        "close_secs": t.close_secs,
+        "wall_secs": wall,
         "pass": pass,
     });
     (pass, line)

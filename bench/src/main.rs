@@ -120,7 +120,7 @@ fn run(cmd: Cmd) -> Result<bool, String> {
         server.url, server.pid
     );
     let (pass, line) = match scenario {
-        Scenario::Fanout(a) => fanout::run(&a, &target, &run.label, timeout),
+        Scenario::Fanout(a) => fanout::run(&a, &target, server.pid, &run.label, timeout),
         Scenario::Conns(a) => conns::run(&a, &target, server.pid, &run.label, timeout),
         Scenario::Churn(a) => churn::run(&a, &target, server.pid, &run.label, timeout),
     };

@@ -212,6 +212,20 @@ impl Net {
         }
     }
 
+    /// Closes every connection politely, waiting at most `within` for the
+    /// server to finish the closing handshakes; the rest are dropped.
+    pub fn close_all<H: Handler>(&mut self, h: &mut H, within: Duration) {
+        for id in 0..self.conns.len() {
+            self.close(id);
+        }
+        let end = Instant::now() + within;
+        while self.open > 0 && Instant::now() < end {
+            if self.turn(h, Some(Duration::from_millis(10))).is_err() {
+                break;
+            }
+        }
+    }
+
     fn send_frame(&mut self, id: usize, opcode: u8, payload: &[u8]) {
         let key = self.next_mask();
         let Some(Some(c)) = self.conns.get_mut(id) else {
@@ -283,7 +297,8 @@ impl Net {
                 self.on_writable(h, id, now);
             }
             if e.is_readable() || e.is_read_closed() || e.is_error() {
-                self.on_readable(h, id, now);
+                let drain = e.is_read_closed() || e.is_error();
+                self.on_readable(h, id, now, drain);
             }
         }
         self.events = events;
@@ -353,7 +368,7 @@ impl Net {
         }
     }
 
-    fn on_readable<H: Handler>(&mut self, h: &mut H, id: usize, now: Instant) {
+    fn on_readable<H: Handler>(&mut self, h: &mut H, id: usize, now: Instant, drain: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(Some(c)) = self.conns.get_mut(id) {
             if c.state == State::Connecting {
@@ -373,7 +388,16 @@ impl Net {
                     self.fail(h, id, why, now);
                     break;
                 }
-                Ok(n) => self.received(h, id, &scratch[..n], now),
+                Ok(n) => {
+                    self.received(h, id, &scratch[..n], now);
+                    // A short read drained the socket; with edge-triggered
+                    // readiness, data (or a FIN) arriving later raises a new
+                    // event. This saves the read that would only say
+                    // WouldBlock. A FIN already seen must be read to the end.
+                    if n < scratch.len() && !drain {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

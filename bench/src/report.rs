@@ -77,6 +77,47 @@ impl Usage {
     }
 }
 
+/// CPU seconds (user + system) a process has used so far; `None` is this
+/// process. Assumes the usual 100 clock ticks per second.
+pub fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".into(),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    // Fields after the ")" that closes the command name: utime is the 12th.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// CPU used by the server and by the bench between two readings.
+#[derive(Clone, Copy)]
+pub struct Cpu {
+    server: Option<f64>,
+    bench: Option<f64>,
+}
+
+impl Cpu {
+    pub fn now(pid: Option<u32>) -> Cpu {
+        Cpu {
+            server: pid.and_then(|p| cpu_secs(Some(p))),
+            bench: cpu_secs(None),
+        }
+    }
+
+    /// `{"server": s, "bench": s}` used since `self`.
+    pub fn since(self, pid: Option<u32>) -> Value {
+        let now = Cpu::now(pid);
+        let d = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => json!(((b - a) * 100.0).round() / 100.0),
+            _ => Value::Null,
+        };
+        json!({"server": d(self.server, now.server), "bench": d(self.bench, now.bench)})
+    }
+}
+
 /// Prints a two-column table under a title.
 pub fn table(title: &str, rows: &[(&str, String)]) {
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
