@@ -288,11 +288,21 @@ fn an_unfinished_request_head_is_closed_after_the_timeout_and_others_are_served(
     stalled.set_read_timeout(Some(common::WAIT)).unwrap();
     stalled.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
     let started = std::time::Instant::now();
-    assert_eq!(server.get("/healthz").status, 200, "served while another request stalls");
+    assert_eq!(
+        server.get("/healthz").status,
+        200,
+        "served while another request stalls"
+    );
     let mut answer = Vec::new();
     let _ = stalled.read_to_end(&mut answer);
     let elapsed = started.elapsed();
-    assert!(elapsed < std::time::Duration::from_millis(2500), "closed after {elapsed:?}");
+    assert!(
+        elapsed < std::time::Duration::from_millis(2500),
+        "closed after {elapsed:?}"
+    );
     let text = String::from_utf8_lossy(&answer);
-    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
 }

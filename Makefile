@@ -1,0 +1,44 @@
+# roomchat — the commands. `make help` lists them.
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: help run build test check fmt e2e socketio bench fuzz soak ci clean
+
+help: ## this list
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+run: ## start the server on http://localhost:3000 (extra flags: make run ARGS="--history 100")
+	$(CARGO) run --release --bin roomchat -- $(ARGS)
+
+build: ## debug build of the server (what the browser and Socket.IO tests drive)
+	$(CARGO) build -p roomchat
+
+test: ## unit and integration tests over real loopback sockets (about a minute)
+	$(CARGO) test --workspace
+
+check: ## formatting and lints, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+e2e: build ## browser tests in headless Chromium, plus the Socket.IO client tests (Node)
+	cd tests/node && ROOMCHAT_BIN=$(CURDIR)/target/debug/roomchat ./run-e2e.sh
+
+socketio: build ## only the official socket.io-client tests
+	cd tests/node && ROOMCHAT_BIN=$(CURDIR)/target/debug/roomchat ./run-e2e.sh socketio.test.mjs
+
+bench: ## the load generator's scenarios against a release build (minutes)
+	bench/scripts/run-all.sh
+
+fuzz: ## bounded fuzzing of frame decoding and the room registry
+	scripts/fuzz.sh
+
+soak: ## random clients for a few minutes; checks seq, threads and memory after
+	scripts/soak.sh
+
+ci: check test e2e ## what .ci/run runs after installing what the tests need
+
+clean:
+	$(CARGO) clean
