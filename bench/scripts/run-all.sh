@@ -32,6 +32,14 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10240 ]; then
     echo "bench: open-file limit $(ulimit -n) is below 10240; conns 10000 will fail" >&2
 fi
 
+# A server with two threads per connection maps 8 memory areas per
+# connection (two stacks, two signal stacks, each with a guard page).
+maps=$(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 0)
+if [ "$maps" -lt 90000 ]; then
+    echo "bench: vm.max_map_count is $maps; a server that maps 8 areas per connection" >&2
+    echo "bench: stops near $((maps / 8)) connections (raise it with sysctl -w vm.max_map_count=262144)" >&2
+fi
+
 cargo build --release -p roomchat -p roomchat-bench
 
 mkdir -p "$OUT"
@@ -87,13 +95,13 @@ case_() {
 for group in $CASES; do
     case $group in
     fanout)
-        case_ fanout-1x100-w8 "$RUNS" 1 fanout --rooms 1 --members 100 --senders 10 --window 8 --messages 2000
-        case_ fanout-10x100-w8 "$RUNS" 1 fanout --rooms 10 --members 100 --senders 10 --window 8 --messages 200
-        case_ fanout-1x1000-400ps "$RUNS" 1 fanout --rooms 1 --members 1000 --senders 1 --rate 400 --messages 2000
+        case_ fanout-1x100-w8 "$RUNS" 1 fanout --rooms 1 --members 100 --senders 10 --window 8 --messages 10000
+        case_ fanout-10x100-w8 "$RUNS" 1 fanout --rooms 10 --members 100 --senders 10 --window 8 --messages 1000
+        case_ fanout-1x1000-400ps "$RUNS" 1 fanout --rooms 1 --members 1000 --senders 1 --rate 400 --messages 2000 --threads 2
         case_ light-1x100-100ps "$RUNS" 1 fanout --rooms 1 --members 100 --senders 10 --rate 100 --messages 100
         if [ "$SWEEP" = 1 ]; then
             # Open-loop load sweep for the plot: 3 seconds at each rate.
-            for rate in 100 300 1000 3000 6000 10000 20000; do
+            for rate in 100 300 1000 3000 10000 20000 30000 40000; do
                 case_ "load-$rate" 1 0 fanout --rooms 1 --members 100 --senders 10 \
                     --rate "$rate" --messages $((rate * 3 / 10)) --timeout 30
             done

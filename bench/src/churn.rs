@@ -30,9 +30,9 @@ pub struct ChurnArgs {
     /// Seconds to wait, after all clients left, for threads to return.
     #[arg(long, default_value_t = 15.0)]
     pub settle: f64,
-    /// RSS after may exceed RSS before by this share of the peak growth.
-    #[arg(long, default_value_t = 0.25)]
-    pub rss_slack: f64,
+    /// RSS after may exceed RSS a third into the churn by this many KiB.
+    #[arg(long, default_value_t = 1024)]
+    pub rss_slack_kib: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -201,6 +201,7 @@ pub fn run(
     let start = Instant::now();
     let deadline = start + timeout;
     let rooms = a.rooms.max(1);
+    crate::conns::warm_up(target);
     let before = Usage::read(pid);
     let mut peak = before;
     let cfg = ConnsLike {
@@ -257,6 +258,9 @@ pub fn run(
     let mut churn_start = None;
     let mut churn_secs = 0.0;
     let mut during = None;
+    let mut steady = None;
+    let mut steady_visits = 0;
+    let mut end_visits = 0;
     let mut last_sample = start;
     let mut stage_end = deadline;
     let mut stage = 0;
@@ -283,10 +287,20 @@ pub fn run(
                 }
                 stage = 1;
             }
+            // A third of the way in the allocator has warmed up: the baseline
+            // against which growth means a leak.
+            1 if steady.is_none()
+                && churn_start
+                    .is_some_and(|t| now >= t + Duration::from_secs_f64(a.duration / 3.0)) =>
+            {
+                steady = Usage::read(pid);
+                steady_visits = s.visits;
+            }
             // Churn until the time is up, then let the last visits finish.
             1 if now >= stage_end => {
                 s.churning = false;
                 during = Usage::read(pid);
+                end_visits = s.visits;
                 stage_end = now + Duration::from_secs(10);
                 stage = 2;
             }
@@ -346,11 +360,16 @@ pub fn run(
         (Some(b), Some(f)) => Some(f.threads <= b.threads),
         _ => None,
     };
-    let rss_back = match (before, peak, after) {
-        (Some(b), Some(p), Some(f)) => {
-            let slack = ((p.rss_kib.saturating_sub(b.rss_kib)) as f64 * a.rss_slack) as u64 + 2048;
-            Some(f.rss_kib <= b.rss_kib + slack)
-        }
+    // Memory comes back to what it was while churning had warmed up, and does
+    // not grow from there on while visits go on.
+    let rss_back = match (steady, after) {
+        (Some(st), Some(f)) => Some(f.rss_kib <= st.rss_kib + a.rss_slack_kib),
+        _ => None,
+    };
+    let growth_per_1000 = match (steady, during) {
+        (Some(st), Some(d)) if end_visits > steady_visits => Some(
+            (d.rss_kib as f64 - st.rss_kib as f64) * 1000.0 / (end_visits - steady_visits) as f64,
+        ),
         _ => None,
     };
     let visits_per_sec = if churn_secs > 0.0 {
@@ -404,6 +423,21 @@ pub fn run(
             ("server RSS b → peak → a", rss),
             ("server threads b → peak → a", thr),
             (
+                "RSS at 1/3 → end of churn",
+                format!(
+                    "{} → {} ({} KiB per 1000 visits)",
+                    steady.map_or("-".into(), |u| format!(
+                        "{:.1} MiB",
+                        u.rss_kib as f64 / 1024.0
+                    )),
+                    during.map_or("-".into(), |u| format!(
+                        "{:.1} MiB",
+                        u.rss_kib as f64 / 1024.0
+                    )),
+                    growth_per_1000.map_or("-".into(), |g| format!("{g:.1}")),
+                ),
+            ),
+            (
                 "threads / RSS returned",
                 format!("{threads_back:?} / {rss_back:?}"),
             ),
@@ -438,7 +472,9 @@ pub fn run(
         "visit_ms": vis,
         "latency_ms": lat,
         "before": report::usage_json(before),
+        "steady": report::usage_json(steady),
         "during": report::usage_json(during),
+        "rss_growth_kib_per_1000_visits": growth_per_1000,
         "peak": report::usage_json(peak),
         "after": report::usage_json(after),
         "threads_returned": threads_back,

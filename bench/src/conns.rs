@@ -148,6 +148,46 @@ impl Handler for Conns {
     }
 }
 
+/// One client joins a room and leaves, so that threads and buffers a server
+/// creates on first use are there before the baseline is read.
+pub fn warm_up(target: &Target) {
+    struct One(bool);
+    impl Handler for One {
+        fn event(&mut self, net: &mut Net, id: usize, ev: Event<'_>, _: Instant) {
+            match ev {
+                Event::Open(_) => {
+                    let mut b = Vec::new();
+                    proto::join(&mut b, "warm-up", "warm-up");
+                    net.send_text(id, &b);
+                }
+                Event::Text(p)
+                    if Parser::default().parse(p)
+                        == (Msg::Ack {
+                            ack: proto::JOIN_ACK,
+                            seq: None,
+                        }) =>
+                {
+                    net.close(id)
+                }
+                Event::Text(_) => {}
+                Event::Closed(_) => self.0 = true,
+            }
+        }
+    }
+    let Ok(mut net) = Net::new(target) else {
+        return;
+    };
+    let mut one = One(false);
+    net.connect();
+    let end = Instant::now() + Duration::from_secs(3);
+    while !one.0 && Instant::now() < end {
+        if net.turn(&mut one, Some(Duration::from_millis(10))).is_err() {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 fn sample(pid: Option<u32>, peak: &mut Option<Usage>) -> Option<Usage> {
     let u = Usage::read(pid);
     if let Some(u) = u {
@@ -166,6 +206,7 @@ pub fn run(
     let start = Instant::now();
     let deadline = start + timeout;
     let mut peak = None;
+    warm_up(target);
     let before = sample(pid, &mut peak);
     let mut s = Conns {
         prefix: format!("conns{}-{}", std::process::id(), proto::nanos(start)),
@@ -204,6 +245,7 @@ pub fn run(
     let mut expected = 0u64;
     let mut last_sample = start;
     let mut connect_secs = 0.0;
+    let mut leave_secs = 0.0;
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -267,7 +309,10 @@ pub fn run(
                 s.phase = Phase::Leave;
                 phase_end = now + Duration::from_secs(15);
             }
-            Phase::Leave if net.live() == 0 || now >= phase_end => break,
+            Phase::Leave if net.live() == 0 || now >= phase_end => {
+                leave_secs = (now + Duration::from_secs(15) - phase_end).as_secs_f64();
+                break;
+            }
             _ => {}
         }
         let wait = if s.phase == Phase::Connect {
@@ -397,6 +442,7 @@ pub fn run(
         "threads_returned": threads_back,
         "rss_returned": rss_back,
         "left": s.left,
+        "leave_secs": leave_secs,
         "unclosed": unclosed,
         "failed_checks": failed,
         "pass": pass,

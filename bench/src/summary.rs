@@ -145,10 +145,13 @@ pub fn tables(runs: &[Value]) -> String {
         );
         for (label, r) in &fan {
             let f = r[0];
-            let mode = match f["rate"].as_f64() {
+            let mut mode = match f["rate"].as_f64() {
                 Some(rate) => format!("{rate} msg/s"),
                 None => format!("window {}", f["window"]),
             };
+            if f["threads"].as_u64().unwrap_or(1) > 1 {
+                mode.push_str(&format!(", {} bench threads", f["threads"]));
+            }
             let _ = writeln!(
                 md,
                 "| {label} | {} × {} | {} | {mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
