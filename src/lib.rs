@@ -36,3 +36,11 @@ mod socketio;
 
 pub use config::Config;
 pub use server::{Server, StartError};
+
+/// Internals the fuzz targets in `fuzz/` drive directly; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::metrics::Metrics;
+    pub use crate::outbox::{Outbound, Outbox, Outgoing};
+    pub use crate::rooms::{ClientId, NotInRoom, Registry};
+}

@@ -329,8 +329,11 @@ impl Registry {
         self.metrics.set_rooms(inner.rooms.len());
     }
 
-    #[cfg(test)]
-    fn check_invariants(&self) {
+    /// Panics unless every client is in at most one room, each room's member
+    /// list matches its members' own state, and no room is empty. For the
+    /// unit tests and the `registry` fuzz target.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
         let inner = self.lock();
         for (name, room) in &inner.rooms {
             assert!(!room.members.is_empty(), "empty room {name:?} survived");
