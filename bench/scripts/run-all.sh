@@ -101,7 +101,7 @@ for group in $CASES; do
         case_ light-1x100-100ps "$RUNS" 1 fanout --rooms 1 --members 100 --senders 10 --rate 100 --messages 100
         if [ "$SWEEP" = 1 ]; then
             # Open-loop load sweep for the plot: 3 seconds at each rate.
-            for rate in 100 300 1000 3000 10000 20000 30000 40000; do
+            for rate in 100 300 1000 3000 10000 20000 30000 40000 50000; do
                 case_ "load-$rate" 1 0 fanout --rooms 1 --members 100 --senders 10 \
                     --rate "$rate" --messages $((rate * 3 / 10)) --timeout 30
             done
@@ -117,9 +117,14 @@ for group in $CASES; do
     esac
 done
 
-"$BENCH" summary "$results" >"$OUT/summary-$stamp.md"
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain -- src Cargo.toml 2>/dev/null)" ]; then
+    rev="$rev with uncommitted changes to the server"
+fi
+measured="roomchat $rev, $(date -u +%Y-%m-%d), $RUNS run(s) per case, medians"
+"$BENCH" summary "$results" --measured "$measured" >"$OUT/summary-$stamp.md"
 if grep -q 'results:begin' docs/BENCHMARKS.md 2>/dev/null; then
-    "$BENCH" summary "$results" --doc docs/BENCHMARKS.md >/dev/null
+    "$BENCH" summary "$results" --measured "$measured" --doc docs/BENCHMARKS.md >/dev/null
 fi
 if [ "$SWEEP" = 1 ] && grep -q '"label":"load-' "$results"; then
     "$BENCH" plot "$results" --prefix load- --out docs/latency-vs-load.svg

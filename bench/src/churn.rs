@@ -382,7 +382,9 @@ pub fn run(
     } else {
         0.0
     };
+    let alive = pid.is_none() || Usage::read(pid).is_some();
     let failed = report::failed_checks(&[
+        ("server still running", alive),
         ("no failed connection", s.failed == 0),
         ("no error events", s.errors == 0),
         ("gap-free seq", s.seq_errors == 0),

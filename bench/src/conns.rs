@@ -360,7 +360,9 @@ pub fn run(
         }
         _ => None,
     };
+    let alive = pid.is_none() || Usage::read(pid).is_some();
     let failed = report::failed_checks(&[
+        ("server still running", alive),
         (
             "every connection joined",
             s.failed == 0 && s.joined == a.conns,

@@ -61,6 +61,9 @@ enum Cmd {
         /// Replace the text between the result markers of this Markdown file.
         #[arg(long)]
         doc: Option<PathBuf>,
+        /// What was measured (e.g. the server's commit), printed with the machine.
+        #[arg(long)]
+        measured: Option<String>,
     },
     /// An SVG of latency against delivered frames/s from fanout results.
     Plot {
@@ -103,7 +106,11 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<bool, String> {
     let (run, scenario) = match cmd {
-        Cmd::Summary { files, doc } => return summary::summary(&files, doc.as_deref()),
+        Cmd::Summary {
+            files,
+            doc,
+            measured,
+        } => return summary::summary(&files, doc.as_deref(), measured.as_deref()),
         Cmd::Plot { files, prefix, out } => return summary::plot(&files, &prefix, &out),
         Cmd::Fanout { run, a } => (run, Scenario::Fanout(a)),
         Cmd::Conns { run, a } => (run, Scenario::Conns(a)),

@@ -134,9 +134,13 @@ pub fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} RAM, Linux {kernel}")
 }
 
-pub fn tables(runs: &[Value]) -> String {
+pub fn tables(runs: &[Value], measured: Option<&str>) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "Machine: {}.\n", machine());
+    let _ = writeln!(md, "Machine: {}.", machine());
+    if let Some(m) = measured {
+        let _ = writeln!(md, "Measured: {m}.");
+    }
+    md.push('\n');
     let fan = groups(runs, "fanout");
     if !fan.is_empty() {
         let _ = writeln!(
@@ -176,7 +180,7 @@ pub fn tables(runs: &[Value]) -> String {
     if !conns.is_empty() {
         let _ = writeln!(
             md,
-            "### conns\n\n| run | connections × rooms | runs | failed | connect p50 / p99 ms | connect+join p99 ms | broadcast p99 ms | RSS before / during / after MiB | threads before / during / after | RSS per connection | passed |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "### conns\n\n| run | connections × rooms | runs | joined | failed or dropped | connect p50 / p99 ms | connect+join p99 ms | broadcast p99 ms | RSS before / during / after MiB | threads before / during / after | RSS per connection | passed |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for (label, r) in &conns {
             let f = r[0];
@@ -184,10 +188,11 @@ pub fn tables(runs: &[Value]) -> String {
                 .map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0));
             let _ = writeln!(
                 md,
-                "| {label} | {} × {} | {} | {} | {} / {} | {} | {} | {} / {} / {} | {} / {} / {} | {bpc} | {} |",
+                "| {label} | {} × {} | {} | {} | {} | {} / {} | {} | {} | {} / {} / {} | {} / {} / {} | {bpc} | {} |",
                 f["conns"],
                 f["rooms"],
                 r.len(),
+                int(median(r, "/joined")),
                 sum(r, "/failed") + sum(r, "/dropped"),
                 ms(median(r, "/connect_ms/p50")),
                 ms(median(r, "/connect_ms/p99")),
@@ -237,9 +242,13 @@ pub fn tables(runs: &[Value]) -> String {
     md
 }
 
-pub fn summary(files: &[PathBuf], doc: Option<&Path>) -> Result<bool, String> {
+pub fn summary(
+    files: &[PathBuf],
+    doc: Option<&Path>,
+    measured: Option<&str>,
+) -> Result<bool, String> {
     let runs = load(files)?;
-    let md = tables(&runs);
+    let md = tables(&runs, measured);
     print!("{md}");
     if let Some(doc) = doc {
         let text = std::fs::read_to_string(doc).map_err(|e| format!("{}: {e}", doc.display()))?;
