@@ -151,30 +151,25 @@ enum HeadError {
 /// `MAX_HEAD_BYTES` and before `deadline`. Returns the head and whatever
 /// was read past it.
 fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<(Vec<u8>, Vec<u8>), HeadError> {
+    // On the heap, not the stack: a stack page touched here stays resident
+    // for the life of the connection.
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     loop {
         let left = remaining(deadline);
         if left.is_zero() {
             return Err(HeadError::Timeout);
         }
         stream.set_read_timeout(Some(left)).map_err(HeadError::Io)?;
-        let n = match stream.read(&mut chunk) {
+        let filled = buf.len();
+        buf.resize(filled + 1024, 0);
+        let n = match stream.read(&mut buf[filled..]) {
             Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if retry(&e) => 0,
             Err(e) => return Err(HeadError::Io(e)),
         };
-        let searched = buf.len().saturating_sub(3);
-        buf.extend_from_slice(&chunk[..n]);
+        buf.truncate(filled + n);
+        let searched = filled.saturating_sub(3);
         if let Some(end) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
             let end = searched + end + 4;
             if end > MAX_HEAD_BYTES {
@@ -189,6 +184,14 @@ fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<(Vec<u8>, Vec<
     }
 }
 
+/// A read that timed out or was interrupted: try again while time is left.
+fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -196,7 +199,13 @@ fn remaining(deadline: Instant) -> Duration {
 /// Checks a complete request head, in order: parse, path, Socket.IO
 /// parameters, upgrade headers, Origin, WebSocket version and key.
 fn decide(head: &[u8], shared: &Shared) -> Verdict {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // Room for exactly the lines the head has (the request line counts as
+    // one spare), so the common small head costs a small allocation.
+    let lines = head.windows(2).filter(|w| w == b"\r\n").count();
+    if lines > MAX_HEADERS + 2 {
+        return Verdict::Refuse(Refusal::text(431, "too many header fields"));
+    }
+    let mut headers = vec![httparse::EMPTY_HEADER; lines.min(MAX_HEADERS)];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}

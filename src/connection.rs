@@ -1,24 +1,20 @@
-//! One client after its handshake: this thread reads and handles its frames,
-//! a writer thread (see `outbox.rs`) writes what is queued for it. The two
-//! share the socket; the reader never writes to it.
+//! One client after its handshake: this thread reads and handles its frames
+//! and keeps the heartbeat; a writer thread (see `outbox.rs`) writes what is
+//! queued for it. The two share the socket; the reader never writes to it.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use tungstenite::protocol::{Role, WebSocket};
 use tungstenite::{Error as WsError, Message};
 
-use crate::outbox::{self, Outbound, Outbox, Outgoing, Transport};
+use crate::outbox::{Outbound, Outbox, Outgoing, Transport};
 use crate::protocol::{self, ClientEvent, ConnectedData, Envelope, ErrorCode, Limits, Rejection};
 use crate::rooms::ClientId;
 use crate::server::Shared;
-
-/// Stack for a writer thread: it only drains a channel and encodes frames.
-const WRITER_STACK: usize = 128 * 1024;
 
 /// Serves a client whose handshake is done, until it goes. `leftover` holds
 /// bytes read past the handshake. The caller has counted the client in the
@@ -26,26 +22,11 @@ const WRITER_STACK: usize = 128 * 1024;
 pub fn serve(socket: TcpStream, leftover: Vec<u8>, transport: Transport, shared: &Arc<Shared>) {
     let id = shared.next_client_id();
     let config = &shared.config;
-    // The reader wakes at least once a ping interval to check the idle
-    // deadline; a writer stuck that long on a peer that reads nothing gives up.
-    let slice = config.ping_interval.min(config.idle_timeout);
-    let _ = socket.set_read_timeout(Some(slice));
+    // A writer stuck this long on a peer that reads nothing gives up.
     let _ = socket.set_write_timeout(Some(config.idle_timeout));
     let _ = socket.set_nodelay(true);
     let socket = Arc::new(socket);
-    let (outbox, rx) = Outbox::new(Arc::clone(&socket), Arc::clone(&shared.metrics));
-
-    let writer_outbox = outbox.clone();
-    let ping_interval = config.ping_interval;
-    let spawned = thread::Builder::new()
-        .name(format!("write-{id}"))
-        .stack_size(WRITER_STACK)
-        .spawn(move || outbox::run_writer(rx, writer_outbox, transport, ping_interval));
-    if let Err(e) = spawned {
-        warn!("client {id}: cannot start its writer thread: {e}");
-        shared.metrics.release();
-        return;
-    }
+    let outbox = Outbox::new(Arc::clone(&socket), transport, Arc::clone(&shared.metrics));
     info!("client {id} connected ({transport:?})");
 
     let connected = ConnectedData {
@@ -61,16 +42,19 @@ pub fn serve(socket: TcpStream, leftover: Vec<u8>, transport: Transport, shared:
     shared.registry.connect(id, outbox.clone());
     match transport {
         Transport::Native => {
-            session.outbox.push(&connected);
+            session.outbox.push_now(&connected);
         }
         // Socket.IO sends `connected` once the client joins the main namespace.
         Transport::SocketIo => crate::socketio::open(&session.outbox, &id, config),
     }
 
+    let now = Instant::now();
     let stream = ClientStream {
         socket,
         outbox,
-        deadline: Instant::now() + config.idle_timeout,
+        deadline: now + config.idle_timeout,
+        ping_interval: config.ping_interval,
+        next_ping: now + config.ping_interval,
     };
     let mut ws =
         WebSocket::from_partially_read(stream, leftover, Role::Server, Some(shared.ws_config));
@@ -153,28 +137,40 @@ pub fn next_message(ws: &mut WebSocket<ClientStream>, session: &Session) -> Opti
     }
 }
 
-/// The socket as the reader's tungstenite sees it: reads come from the
-/// socket (failing once the idle deadline has passed, which also stops a
-/// peer that trickles bytes), writes (Pong and Close replies) go to the
-/// client's queue, so that only the writer touches the socket.
+/// The socket as the reader's tungstenite sees it. Reads come from the
+/// socket; each blocks at most until the next Ping is due or the idle
+/// deadline passes (which also stops a peer that trickles bytes). Writes
+/// (Pong and Close replies) go to the client's queue, so that only the
+/// writer touches the socket.
 pub struct ClientStream {
     socket: Arc<TcpStream>,
     outbox: Outbox,
     deadline: Instant,
+    ping_interval: Duration,
+    next_ping: Instant,
 }
 
 impl Read for ClientStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if Instant::now() >= self.deadline {
+        let now = Instant::now();
+        if now >= self.next_ping {
+            // The reader keeps the heartbeat: it is the thread that wakes
+            // anyway, and an idle client has no writer thread to do it.
+            self.outbox.control(Outbound::Ping);
+            self.next_ping = now + self.ping_interval;
+        }
+        if now >= self.deadline {
             return Err(io::ErrorKind::TimedOut.into());
         }
+        let wake = self.deadline.min(self.next_ping) - now;
+        self.socket.set_read_timeout(Some(wake))?;
         (&*self.socket).read(buf)
     }
 }
 
 impl Write for ClientStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outbox.control(Outbound::Raw(buf.to_vec()));
+        self.outbox.control(Outbound::Raw(buf.into()));
         Ok(buf.len())
     }
 
@@ -277,7 +273,7 @@ impl Session {
         );
         self.shared.metrics.error_sent(rejection.code);
         self.outbox
-            .push(&Outgoing::new("error", &rejection.data(), rejection.ack));
+            .push_now(&Outgoing::new("error", &rejection.data(), rejection.ack));
     }
 }
 

@@ -4,9 +4,10 @@
 
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::thread;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::warn;
@@ -21,6 +22,11 @@ pub const MAX_QUEUED_BYTES: usize = 1 << 20;
 pub const MAX_QUEUED_FRAMES: usize = 4096;
 /// At most this many frames go into one vectored write (Linux's IOV_MAX is 1024).
 const MAX_BATCH: usize = 512;
+/// A writer thread waits this long for more before it ends; a busy client
+/// keeps its writer, an idle one gives the thread back.
+const WRITER_LINGER: Duration = Duration::from_secs(2);
+/// Stack for a writer thread: it only drains a channel and encodes frames.
+const WRITER_STACK: usize = 128 * 1024;
 
 /// The protocol a client speaks; the writer encodes each event for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,20 +93,26 @@ pub enum Outbound {
     /// A protocol event (counted in the queue bounds and in `frames_sent`).
     Event(Arc<Outgoing>),
     /// Bytes already framed by tungstenite: the reader's Pong and Close replies.
-    Raw(Vec<u8>),
+    Raw(Box<[u8]>),
+    /// A heartbeat: a WebSocket Ping, or Engine.IO's ping packet `2`.
+    Ping,
     /// A framed Close (see [`Outbound::close`]); the writer stops after it.
-    Close(Vec<u8>),
+    Close(Box<[u8]>),
 }
 
 impl Outbound {
     /// A Close frame with this status code and reason.
     pub fn close(code: u16, reason: &str) -> Outbound {
-        Outbound::Close(close_frame(code, reason))
+        Outbound::Close(close_frame(code, reason).into_boxed_slice())
     }
 }
 
 /// The sending side of a client's queue. Cheap to clone; the room registry
 /// keeps one per member.
+///
+/// The writer thread exists only while there is something to write: it
+/// lingers a little after the queue empties, then ends, and the next push
+/// starts a new one. An idle client therefore costs one thread, its reader.
 #[derive(Clone, Debug)]
 pub struct Outbox {
     tx: Sender<Outbound>,
@@ -109,41 +121,82 @@ pub struct Outbox {
 
 #[derive(Debug)]
 struct QueueState {
+    rx: Receiver<Outbound>,
     bytes: AtomicUsize,
     frames: AtomicUsize,
     overflowed: AtomicBool,
+    /// True while a writer thread runs, or has been promised by a push.
+    writer: AtomicBool,
     socket: Arc<TcpStream>,
+    transport: Transport,
     metrics: Arc<Metrics>,
 }
 
+/// A writer thread that a push found missing. Start it with
+/// [`WriterStart::start`] once no lock is held: spawning a thread is a
+/// syscall or two, not something to do under the registry's mutex.
+#[must_use = "the queued frames wait until the writer is started"]
+#[derive(Debug)]
+pub struct WriterStart(Arc<QueueState>);
+
+impl WriterStart {
+    pub fn start(self) {
+        let queue = Arc::clone(&self.0);
+        let spawned = thread::Builder::new()
+            .name("writer".into())
+            .stack_size(WRITER_STACK)
+            .spawn(move || run_writer(&queue));
+        if let Err(e) = spawned {
+            // Without a writer the client would wait forever: end it instead.
+            warn!("cannot start a writer thread: {e}; dropping the client");
+            let _ = self.0.socket.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// The queue is past its bounds: the client is a slow consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
 impl Outbox {
-    /// A queue for the client on `socket`, and its receiving end for the writer.
-    pub fn new(socket: Arc<TcpStream>, metrics: Arc<Metrics>) -> (Outbox, Receiver<Outbound>) {
+    /// A queue for the client on `socket`, written in `transport`'s encoding.
+    pub fn new(socket: Arc<TcpStream>, transport: Transport, metrics: Arc<Metrics>) -> Outbox {
         let (tx, rx) = crossbeam_channel::unbounded();
         let queue = QueueState {
+            rx,
             bytes: AtomicUsize::new(0),
             frames: AtomicUsize::new(0),
             overflowed: AtomicBool::new(false),
+            writer: AtomicBool::new(false),
             socket,
+            transport,
             metrics,
         };
-        (
-            Outbox {
-                tx,
-                queue: Arc::new(queue),
-            },
-            rx,
-        )
+        Outbox {
+            tx,
+            queue: Arc::new(queue),
+        }
     }
 
-    /// Queues an event. Returns false if the client is a slow consumer (its
-    /// queue is past the bounds): the event is dropped, the writer will send
-    /// Close 1013, and the reader is woken up to end the connection; the
-    /// caller must take the client out of its room.
-    pub fn push(&self, event: &Arc<Outgoing>) -> bool {
+    /// A queue that never starts a writer, and its receiving end: for tests
+    /// and fuzzing, which look at what was queued instead of the socket.
+    #[doc(hidden)]
+    pub fn detached(socket: Arc<TcpStream>, metrics: Arc<Metrics>) -> (Outbox, Receiver<Outbound>) {
+        let outbox = Outbox::new(socket, Transport::Native, metrics);
+        outbox.queue.writer.store(true, SeqCst);
+        let rx = outbox.queue.rx.clone();
+        (outbox, rx)
+    }
+
+    /// Queues an event; the caller starts the writer if one is returned.
+    ///
+    /// Past the bounds the event is dropped and `Overflow` returned: the
+    /// reader is woken to end the connection, the writer sends Close 1013,
+    /// and the caller must take the client out of its room.
+    pub fn push(&self, event: &Arc<Outgoing>) -> Result<Option<WriterStart>, Overflow> {
         let q = &self.queue;
         if q.overflowed.load(Relaxed) {
-            return false;
+            return Err(Overflow);
         }
         let weight = event.weight();
         let frames = q.frames.fetch_add(1, Relaxed) + 1;
@@ -157,21 +210,32 @@ impl Outbox {
                 // Wakes the reader's blocking read, which then ends the connection.
                 let _ = q.socket.shutdown(Shutdown::Read);
             }
-            return false;
+            return Err(Overflow);
         }
-        // A send fails only when the writer has already gone; nothing to do then.
-        let _ = self.tx.send(Outbound::Event(Arc::clone(event)));
-        true
+        Ok(self.send(Outbound::Event(Arc::clone(event))))
     }
 
-    /// Whether this client was cut off as a slow consumer.
-    pub fn overflowed(&self) -> bool {
-        self.queue.overflowed.load(Relaxed)
+    /// Queues an event for this client alone and starts the writer if needed
+    /// (for callers holding no lock). A slow consumer is already being cut off.
+    pub fn push_now(&self, event: &Arc<Outgoing>) {
+        if let Ok(Some(writer)) = self.push(event) {
+            writer.start();
+        }
     }
 
-    /// Queues bytes or a Close, outside the slow-consumer bounds.
+    /// Queues bytes, a Ping or a Close, outside the slow-consumer bounds.
     pub fn control(&self, item: Outbound) {
-        let _ = self.tx.send(item);
+        if let Some(writer) = self.send(item) {
+            writer.start();
+        }
+    }
+
+    fn send(&self, item: Outbound) -> Option<WriterStart> {
+        // A send fails only once the channel is gone with its client.
+        self.tx.send(item).ok()?;
+        // Queue first, then claim: a writer that is about to end checks the
+        // queue after giving up its claim, so one of the two sees the item.
+        (!self.queue.writer.swap(true, SeqCst)).then(|| WriterStart(Arc::clone(&self.queue)))
     }
 
     /// Ends the connection now, from outside: wakes both the reader and a
@@ -181,39 +245,33 @@ impl Outbox {
     }
 }
 
-/// The writer: waits for queued frames, drains everything queued, and writes
-/// it in one vectored write. Sends a Ping when nothing else went out for a
-/// ping interval. Ends when the queue's senders are gone, after a Close, or
-/// on a write error.
-pub fn run_writer(
-    rx: Receiver<Outbound>,
-    outbox: Outbox,
-    transport: Transport,
-    ping_interval: Duration,
-) {
-    let socket = Arc::clone(&outbox.queue.socket);
-    // The registry's clone keeps the channel open until the client is gone;
-    // ours must not, or the writer would never see the end.
-    let Outbox { queue, tx } = outbox;
-    drop(tx);
-    let mut next_ping = Instant::now() + ping_interval;
+/// The writer: drains everything queued and writes it in one vectored write;
+/// waits `WRITER_LINGER` for more, then ends. Also ends after a Close, on a
+/// write error, or when the client is gone (every sender dropped); it does
+/// not give up its claim then, so no writer is started again.
+fn run_writer(queue: &QueueState) {
+    let socket = &*queue.socket;
     let mut batch: Vec<Outbound> = Vec::with_capacity(16);
-    let mut ping = None;
     loop {
-        match rx.recv_deadline(next_ping) {
+        match queue.rx.recv_timeout(WRITER_LINGER) {
             Ok(first) => batch.push(first),
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                queue.writer.store(false, SeqCst);
+                // Something queued after our last look, by a pusher who saw
+                // our claim still up? Take the claim back and go on, unless
+                // a pusher took it first and is starting a new writer.
+                if queue.rx.is_empty() || queue.writer.swap(true, SeqCst) {
+                    return;
+                }
+                continue;
+            }
             Err(RecvTimeoutError::Disconnected) => break,
         }
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
+            match queue.rx.try_recv() {
                 Ok(item) => batch.push(item),
                 Err(_) => break,
             }
-        }
-        if Instant::now() >= next_ping {
-            next_ping = Instant::now() + ping_interval;
-            ping = Some(ping_frame(transport));
         }
         if queue.overflowed.load(Relaxed) {
             let _ = (&*socket).write_all(&close_frame(1013, "slow consumer"));
@@ -221,18 +279,16 @@ pub fn run_writer(
         }
 
         let (mut events, mut weight, mut closing) = (0, 0, false);
-        let mut slices = Vec::with_capacity(batch.len() + 1);
-        if let Some(ping) = &ping {
-            slices.push(IoSlice::new(ping));
-        }
+        let mut slices = Vec::with_capacity(batch.len());
         for item in &batch {
             match item {
                 Outbound::Event(event) => {
                     events += 1;
                     weight += event.weight();
-                    slices.push(IoSlice::new(event.frame(transport)));
+                    slices.push(IoSlice::new(event.frame(queue.transport)));
                 }
                 Outbound::Raw(bytes) => slices.push(IoSlice::new(bytes)),
+                Outbound::Ping => slices.push(IoSlice::new(ping_frame(queue.transport))),
                 Outbound::Close(frame) => {
                     slices.push(IoSlice::new(frame));
                     closing = true;
@@ -240,10 +296,9 @@ pub fn run_writer(
                 }
             }
         }
-        let written = write_all_vectored(&socket, &mut slices);
+        let written = write_all_vectored(socket, &mut slices);
         drop(slices);
         batch.clear();
-        ping = None;
         queue.frames.fetch_sub(events, Relaxed);
         queue.bytes.fetch_sub(weight, Relaxed);
         queue.metrics.add_frames_sent(events as u64);
@@ -306,10 +361,10 @@ pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
 }
 
 /// A heartbeat: a WebSocket Ping, or Engine.IO's ping packet `2`.
-fn ping_frame(transport: Transport) -> Vec<u8> {
+fn ping_frame(transport: Transport) -> &'static [u8] {
     match transport {
-        Transport::Native => frame(0x9, b""),
-        Transport::SocketIo => frame(0x1, b"2"),
+        Transport::Native => &[0x89, 0x00],
+        Transport::SocketIo => &[0x81, 0x01, b'2'],
     }
 }
 

@@ -13,7 +13,7 @@ use log::info;
 use serde_json::json;
 
 use crate::metrics::Metrics;
-use crate::outbox::{Outbound, Outbox, Outgoing};
+use crate::outbox::{Outbound, Outbox, Outgoing, Overflow, WriterStart};
 use crate::protocol::{ChatMessageData, JoinedData, PresenceData, TypingData, UserInfo};
 
 /// A connection's identity, unique for the life of the process.
@@ -59,6 +59,25 @@ struct Room {
     history: VecDeque<Arc<Outgoing>>,
 }
 
+/// What the pushes of one operation left to do once the lock is released.
+#[derive(Default)]
+struct Delivery {
+    /// Slow consumers to take out of their rooms (still under the lock).
+    evicted: Vec<ClientId>,
+    /// Writer threads to start (after the lock).
+    writers: Vec<WriterStart>,
+}
+
+impl Delivery {
+    fn push(&mut self, id: ClientId, outbox: &Outbox, event: &Arc<Outgoing>) {
+        match outbox.push(event) {
+            Ok(None) => {}
+            Ok(Some(writer)) => self.writers.push(writer),
+            Err(Overflow) => self.evicted.push(id),
+        }
+    }
+}
+
 struct Member {
     id: ClientId,
     username: String,
@@ -73,16 +92,11 @@ impl Room {
             .expect("a client's room lists it as a member")
     }
 
-    /// Queues `event` for every member but `except`, noting slow consumers in `evicted`.
-    fn send_all(
-        &self,
-        event: &Arc<Outgoing>,
-        except: Option<ClientId>,
-        evicted: &mut Vec<ClientId>,
-    ) {
+    /// Queues `event` for every member but `except`.
+    fn send_all(&self, event: &Arc<Outgoing>, except: Option<ClientId>, d: &mut Delivery) {
         for member in &self.members {
-            if Some(member.id) != except && !member.outbox.push(event) {
-                evicted.push(member.id);
+            if Some(member.id) != except {
+                d.push(member.id, &member.outbox, event);
             }
         }
     }
@@ -116,11 +130,10 @@ impl Registry {
     /// Forgets a client, telling its room `userLeft`. Safe to call twice.
     pub fn disconnect(&self, id: ClientId) {
         let mut inner = self.lock();
-        let mut evicted = Vec::new();
-        inner.leave_room(id, &mut evicted);
+        let mut d = Delivery::default();
+        inner.leave_room(id, &mut d);
         inner.clients.remove(&id);
-        self.settle(&mut inner, evicted);
-        drop(inner);
+        self.finish(inner, d);
         self.emptied.notify_all();
     }
 
@@ -135,7 +148,7 @@ impl Registry {
     /// as `username`, answers `joined` and, with an ack, `ack`.
     pub fn join(&self, id: ClientId, username: &str, room: &str, ack: Option<u64>) {
         let mut inner = self.lock();
-        let mut evicted = Vec::new();
+        let mut d = Delivery::default();
         let current = inner.clients.get(&id).and_then(|c| c.room.clone());
         if current.as_deref() == Some(room) {
             let members = &mut inner
@@ -151,12 +164,12 @@ impl Registry {
                 let old = std::mem::replace(&mut me.username, username.to_owned());
                 let r = &inner.rooms[room];
                 let left = Outgoing::new("userLeft", &presence(room, id, &old), None);
-                r.send_all(&left, Some(id), &mut evicted);
+                r.send_all(&left, Some(id), &mut d);
                 let joined = Outgoing::new("userJoined", &presence(room, id, username), None);
-                r.send_all(&joined, Some(id), &mut evicted);
+                r.send_all(&joined, Some(id), &mut d);
             }
         } else {
-            inner.leave_room(id, &mut evicted);
+            inner.leave_room(id, &mut d);
             let Some(client) = inner.clients.get_mut(&id) else {
                 return;
             };
@@ -164,7 +177,7 @@ impl Registry {
             let outbox = client.outbox.clone();
             let r = inner.rooms.entry(room.to_owned()).or_default();
             let event = Outgoing::new("userJoined", &presence(room, id, username), None);
-            r.send_all(&event, None, &mut evicted);
+            r.send_all(&event, None, &mut d);
             r.members.push(Member {
                 id,
                 username: username.to_owned(),
@@ -188,36 +201,36 @@ impl Registry {
             history: r.history.iter().map(|m| &*m.data).collect(),
         };
         let joined = Outgoing::new("joined", &joined, None);
-        inner.send_to(id, &joined, &mut evicted);
+        inner.send_to(id, &joined, &mut d);
         if let Some(ack) = ack {
             inner.send_to(
                 id,
                 &Outgoing::new("ack", &json!({"ok": true, "room": room}), Some(ack)),
-                &mut evicted,
+                &mut d,
             );
         }
-        self.settle(&mut inner, evicted);
+        self.finish(inner, d);
     }
 
     /// `leaveRoom`: answers `left` and, with an ack, `ack`.
     pub fn leave(&self, id: ClientId, ack: Option<u64>) -> Result<(), NotInRoom> {
         let mut inner = self.lock();
-        let mut evicted = Vec::new();
-        let room = inner.leave_room(id, &mut evicted).ok_or(NotInRoom)?;
+        let mut d = Delivery::default();
+        let room = inner.leave_room(id, &mut d).ok_or(NotInRoom)?;
         inner.send_to(
             id,
             &Outgoing::new("left", &json!({ "room": room }), None),
-            &mut evicted,
+            &mut d,
         );
-        inner.send_ack(id, ack, json!({"ok": true}), &mut evicted);
-        self.settle(&mut inner, evicted);
+        inner.send_ack(id, ack, json!({"ok": true}), &mut d);
+        self.finish(inner, d);
         Ok(())
     }
 
     /// `chatMessage`: numbers the message, sends it to the whole room, keeps it in history.
     pub fn chat(&self, id: ClientId, text: &str, ack: Option<u64>) -> Result<u64, NotInRoom> {
         let mut inner = self.lock();
-        let mut evicted = Vec::new();
+        let mut d = Delivery::default();
         let room_name = inner.room_of(id).ok_or(NotInRoom)?;
         let limit = self.history_limit;
         let r = inner
@@ -236,22 +249,22 @@ impl Registry {
             ts: unix_millis(),
         };
         let event = Outgoing::new("chatMessage", &data, None);
-        r.send_all(&event, None, &mut evicted);
+        r.send_all(&event, None, &mut d);
         if limit > 0 {
             if r.history.len() == limit {
                 r.history.pop_front();
             }
             r.history.push_back(event);
         }
-        inner.send_ack(id, ack, json!({"ok": true, "seq": seq}), &mut evicted);
-        self.settle(&mut inner, evicted);
+        inner.send_ack(id, ack, json!({"ok": true, "seq": seq}), &mut d);
+        self.finish(inner, d);
         Ok(seq)
     }
 
     /// `typing`: tells the rest of the room.
     pub fn typing(&self, id: ClientId, typing: bool, ack: Option<u64>) -> Result<(), NotInRoom> {
-        let mut inner = self.lock();
-        let mut evicted = Vec::new();
+        let inner = self.lock();
+        let mut d = Delivery::default();
         let room_name = inner.room_of(id).ok_or(NotInRoom)?;
         let r = &inner.rooms[&room_name];
         let me = &r.members[r.position(id)];
@@ -261,22 +274,18 @@ impl Registry {
             username: &me.username,
             typing,
         };
-        r.send_all(
-            &Outgoing::new("typing", &data, None),
-            Some(id),
-            &mut evicted,
-        );
-        inner.send_ack(id, ack, json!({"ok": true}), &mut evicted);
-        self.settle(&mut inner, evicted);
+        r.send_all(&Outgoing::new("typing", &data, None), Some(id), &mut d);
+        inner.send_ack(id, ack, json!({"ok": true}), &mut d);
+        self.finish(inner, d);
         Ok(())
     }
 
     /// Queues a personal event (an `error`, say) for one client.
     pub fn send(&self, id: ClientId, event: &Arc<Outgoing>) {
-        let mut inner = self.lock();
-        let mut evicted = Vec::new();
-        inner.send_to(id, event, &mut evicted);
-        self.settle(&mut inner, evicted);
+        let inner = self.lock();
+        let mut d = Delivery::default();
+        inner.send_to(id, event, &mut d);
+        self.finish(inner, d);
     }
 
     /// Rooms and their member counts, sorted by name (code-point order).
@@ -320,13 +329,18 @@ impl Registry {
         true
     }
 
-    /// Takes slow consumers out of their rooms (their `userLeft` may find
-    /// more), then refreshes the rooms gauge.
-    fn settle(&self, inner: &mut Inner, mut evicted: Vec<ClientId>) {
-        while let Some(id) = evicted.pop() {
-            inner.leave_room(id, &mut evicted);
+    /// Ends an operation: takes slow consumers out of their rooms (their
+    /// `userLeft` may find more), refreshes the rooms gauge, unlocks, and
+    /// only then starts the writer threads that the pushes found missing.
+    fn finish(&self, mut inner: MutexGuard<'_, Inner>, mut d: Delivery) {
+        while let Some(id) = d.evicted.pop() {
+            inner.leave_room(id, &mut d);
         }
         self.metrics.set_rooms(inner.rooms.len());
+        drop(inner);
+        for writer in d.writers {
+            writer.start();
+        }
     }
 
     /// Panics unless every client is in at most one room, each room's member
@@ -361,29 +375,21 @@ impl Inner {
         self.clients.get(&id)?.room.clone()
     }
 
-    fn send_to(&self, id: ClientId, event: &Arc<Outgoing>, evicted: &mut Vec<ClientId>) {
+    fn send_to(&self, id: ClientId, event: &Arc<Outgoing>, d: &mut Delivery) {
         if let Some(client) = self.clients.get(&id) {
-            if !client.outbox.push(event) {
-                evicted.push(id);
-            }
+            d.push(id, &client.outbox, event);
         }
     }
 
-    fn send_ack(
-        &self,
-        id: ClientId,
-        ack: Option<u64>,
-        data: serde_json::Value,
-        evicted: &mut Vec<ClientId>,
-    ) {
+    fn send_ack(&self, id: ClientId, ack: Option<u64>, data: serde_json::Value, d: &mut Delivery) {
         if let Some(ack) = ack {
-            self.send_to(id, &Outgoing::new("ack", &data, Some(ack)), evicted);
+            self.send_to(id, &Outgoing::new("ack", &data, Some(ack)), d);
         }
     }
 
     /// Takes the client out of its room, telling the others `userLeft`, and
     /// drops the room if it is now empty. Returns the room's name.
-    fn leave_room(&mut self, id: ClientId, evicted: &mut Vec<ClientId>) -> Option<String> {
+    fn leave_room(&mut self, id: ClientId, d: &mut Delivery) -> Option<String> {
         let name = self.clients.get_mut(&id)?.room.take()?;
         let room = self.rooms.get_mut(&name).expect("the client's room exists");
         let member = room.members.remove(room.position(id));
@@ -392,7 +398,7 @@ impl Inner {
             self.rooms.remove(&name);
         } else {
             let event = Outgoing::new("userLeft", &presence(&name, id, &member.username), None);
-            room.send_all(&event, None, evicted);
+            room.send_all(&event, None, d);
         }
         Some(name)
     }
@@ -432,7 +438,7 @@ mod tests {
         for i in 0..n {
             peers.push(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
             let socket = Arc::new(listener.accept().unwrap().0);
-            let (outbox, rx) = Outbox::new(socket, Arc::new(Metrics::default()));
+            let (outbox, rx) = Outbox::detached(socket, Arc::new(Metrics::default()));
             registry.connect(ClientId(i), outbox);
             receivers.push(rx);
         }

@@ -138,7 +138,7 @@ impl Server {
 
         let metrics = Arc::new(Metrics::default());
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(4096)
+            .read_buffer_size(512)
             .write_buffer_size(0)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));

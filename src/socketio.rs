@@ -33,9 +33,7 @@ pub fn open(outbox: &Outbox, id: &ClientId, config: &Config) {
         "pingTimeout": ping_timeout,
         "maxPayload": config.max_message_bytes,
     });
-    outbox.control(Outbound::Raw(
-        text_frame(format!("0{open}").as_bytes()).into_vec(),
-    ));
+    outbox.control(Outbound::Raw(text_frame(format!("0{open}").as_bytes())));
 }
 
 /// The packet for a server event: `42["name",data]`, or `43<id>[data]` when
@@ -80,7 +78,7 @@ pub fn read_loop(
                 if !joined_namespace {
                     joined_namespace = true;
                     send_raw(&session.outbox, &format!(r#"40{{"sid":"{}"}}"#, session.id));
-                    session.outbox.push(connected);
+                    session.outbox.push_now(connected);
                 }
             }
             Packet::Connect(namespace) => {
@@ -104,7 +102,7 @@ pub fn read_loop(
 }
 
 fn send_raw(outbox: &Outbox, packet: &str) {
-    outbox.control(Outbound::Raw(text_frame(packet.as_bytes()).into_vec()));
+    outbox.control(Outbound::Raw(text_frame(packet.as_bytes())));
 }
 
 /// What one Engine.IO text packet asks for.

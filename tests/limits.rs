@@ -214,7 +214,7 @@ fn the_connection_cap_answers_503() {
 #[test]
 fn an_idle_client_is_dropped_and_its_room_told() {
     let server = TestServer::with(|c| {
-        c.idle_timeout = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(2);
         c.ping_interval = Duration::from_secs(1);
     });
     let mut watcher = server.member("watcher", "r");

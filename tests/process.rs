@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, WAIT};
+use common::Client;
 
 /// A `roomchat` child process, killed on drop if still running.
 struct Process {
@@ -227,8 +227,9 @@ fn threads_end_with_their_connections() {
             .collect();
         drop(clients);
     }
-    // The server notices each drop at once; give its threads a bounded time to finish.
-    let deadline = Instant::now() + WAIT;
+    // The server notices each drop at once. tiny_http may have started extra
+    // workers for our polling requests; they end after 5 s idle.
+    let deadline = Instant::now() + Duration::from_secs(12);
     loop {
         let rooms = common::raw_http(
             rooms_url,
@@ -239,9 +240,23 @@ fn threads_end_with_their_connections() {
         if threads <= fresh + 2 && rooms == r#"{"rooms":[]}"# {
             break;
         }
+        let names = || {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", p.pid())).unwrap();
+            let mut names: Vec<String> = tasks
+                .map(|t| {
+                    std::fs::read_to_string(t.unwrap().path().join("comm"))
+                        .unwrap()
+                        .trim()
+                        .to_owned()
+                })
+                .collect();
+            names.sort();
+            names.join(",")
+        };
         assert!(
             Instant::now() < deadline,
-            "{threads} threads now, {fresh} when fresh; rooms {rooms}"
+            "{threads} threads now, {fresh} when fresh; rooms {rooms}; threads: {}",
+            names()
         );
         std::thread::sleep(Duration::from_millis(50)); // polling /proc; there is no event for thread exit
     }
