@@ -116,7 +116,7 @@ fn handle(mut stream: TcpStream, accepted: Instant, shared: &Arc<Shared>) {
     if let Verdict::Upgrade { .. } = verdict {
         if shared.stopping() {
             verdict = Verdict::Refuse(Refusal::text(503, "server is shutting down"));
-        } else if !shared.metrics.try_admit(shared.config.max_connections) {
+        } else if !shared.metrics.try_admit(shared.max_connections) {
             verdict = Verdict::Refuse(Refusal::text(503, "too many connections"));
         }
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use log::info;
+use log::{info, warn};
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::{Config, Origins};
@@ -22,9 +22,19 @@ use crate::{accept, http};
 /// How long shutdown waits for clients to answer their Close before cutting them off.
 const CLOSE_GRACE: Duration = Duration::from_millis(1500);
 
+/// Memory maps one client may need at worst: two threads (reader and
+/// writer), each with a stack, its guard page, the signal stack std gives
+/// every thread, and that stack's guard.
+const MAPS_PER_CLIENT: usize = 8;
+/// Maps kept for everything else: the binary, libraries, heaps, listeners.
+const MAPS_RESERVED: usize = 2048;
+
 /// What every thread of the server shares.
 pub struct Shared {
     pub config: Config,
+    /// `--max-connections`, lowered if the kernel's memory-map limit could
+    /// not hold that many clients (see `connection_budget`).
+    pub max_connections: usize,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     pub origins: Origins,
@@ -142,7 +152,9 @@ impl Server {
             .write_buffer_size(0)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
+        let max_connections = connection_budget(config.max_connections);
         let shared = Arc::new(Shared {
+            max_connections,
             registry: Registry::new(config.history, Arc::clone(&metrics)),
             metrics,
             origins: Origins::new(config.origins_for(http_addr.port())),
@@ -237,6 +249,29 @@ impl Server {
         }
         info!("stopped");
     }
+}
+
+/// The most clients the kernel's `vm.max_map_count` lets us hold. Past that
+/// limit a new thread cannot map its stacks, and std aborts the process
+/// rather than run a thread without its stack-overflow guard; refusing the
+/// handshake with 503 is the better answer.
+fn connection_budget(configured: usize) -> usize {
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|text| text.trim().parse::<usize>().ok());
+    let Some(limit) = limit else {
+        return configured;
+    };
+    let budget = limit.saturating_sub(MAPS_RESERVED) / MAPS_PER_CLIENT;
+    if budget < configured {
+        warn!(
+            "vm.max_map_count is {limit}: serving at most {budget} clients instead of {configured} \
+             (`sysctl -w vm.max_map_count={}` lifts this)",
+            configured * MAPS_PER_CLIENT + MAPS_RESERVED
+        );
+        return budget;
+    }
+    configured
 }
 
 impl Drop for Server {
