@@ -297,10 +297,18 @@ impl Registry {
             .collect()
     }
 
-    /// Shutdown: queues a Close with `code` for every client.
+    /// Shutdown: queues a Close with `code` for every client. The queues are
+    /// copied out first: queuing may start writer threads, not a thing to do
+    /// under the lock.
     pub fn close_all(&self, code: u16, reason: &str) {
-        for client in self.lock().clients.values() {
-            client.outbox.control(Outbound::close(code, reason));
+        let outboxes: Vec<Outbox> = self
+            .lock()
+            .clients
+            .values()
+            .map(|c| c.outbox.clone())
+            .collect();
+        for outbox in outboxes {
+            outbox.control(Outbound::close(code, reason));
         }
     }
 
