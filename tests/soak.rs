@@ -260,6 +260,7 @@ fn soak() {
         );
         thread::sleep(Duration::from_millis(100));
     }
+    let settled = settle.elapsed();
     // Writer threads linger a moment after their last frame.
     thread::sleep(Duration::from_secs(2));
     let (threads1, rss1) = proc_status(pid);
@@ -284,8 +285,8 @@ fn soak() {
         metric(http, "roomchat_errors_total"),
     );
     println!(
-        "soak: end (settled after {:.1}s): server threads {threads1} (start {threads0}), RSS {rss1} KiB (start {rss0})",
-        settle.elapsed().as_secs_f64()
+        "soak: end (settled {:.1}s after the run, measured 2 s later): server threads {threads1} (start {threads0}), RSS {rss1} KiB (start {rss0})",
+        settled.as_secs_f64()
     );
     assert_eq!(metric(http, "roomchat_errors_total"), 0);
     assert_eq!(metric(http, "roomchat_slow_consumer_disconnects_total"), 0);
