@@ -77,9 +77,32 @@ fn respond(request: Request, shared: &Shared) {
         request.url(),
         response.status_code().0
     );
+    // tiny_http reads off an unread body when the request is dropped, which
+    // a client may drag out until the head deadline; the one thread that
+    // answers everyone must not wait for that, so such a request (we read no
+    // bodies: they only come with a 405) is answered on a thread of its own.
+    if has_body(&request) {
+        let spawned = std::thread::Builder::new()
+            .name("http-body".into())
+            .stack_size(64 * 1024)
+            .spawn(move || deliver(request, response));
+        if let Err(e) = spawned {
+            warn!("cannot start a thread to answer a request with a body: {e}");
+        }
+    } else {
+        deliver(request, response);
+    }
+}
+
+fn deliver(request: Request, response: Response<Body>) {
     if let Err(e) = request.respond(response) {
         debug!("http answer not delivered: {e}");
     }
+}
+
+fn has_body(request: &Request) -> bool {
+    header(request, "Transfer-Encoding").is_some()
+        || header(request, "Content-Length").is_some_and(|len| len.trim() != "0")
 }
 
 fn route(path: &str, shared: &Shared) -> Response<Body> {

@@ -64,12 +64,19 @@ where
     R: Read,
 {
     fn drop(&mut self) {
-        let mut remaining_to_read = self.size;
-
-        while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
-
-            match self.reader.read(&mut buf) {
+        // roomchat patch: read off the rest of the body through a small buffer, and
+        // only a small rest. Upstream allocated a buffer of the announced size, so a
+        // `Content-Length` of 1 TiB aborted the process. A larger rest is left
+        // unread: the connection then ends at its next request head, which cannot
+        // parse (or at the head limits and deadline).
+        const MAX_DRAIN: usize = 1 << 20;
+        if self.size > MAX_DRAIN {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        while self.size > 0 {
+            let want = self.size.min(buf.len());
+            match self.reader.read(&mut buf[..want]) {
                 Err(e) => {
                     self.last_read_signal.send(Err(e)).ok();
                     break;
@@ -78,9 +85,7 @@ where
                     self.last_read_signal.send(Ok(())).ok();
                     break;
                 }
-                Ok(other) => {
-                    remaining_to_read -= other;
-                }
+                Ok(n) => self.size -= n,
             }
         }
     }
