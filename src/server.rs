@@ -26,6 +26,9 @@ const CLOSE_GRACE: Duration = Duration::from_millis(1500);
 /// writer), each with a stack, its guard page, the signal stack std gives
 /// every thread, and that stack's guard.
 const MAPS_PER_CLIENT: usize = 8;
+/// Pending connections the kernel may queue per listener (it caps this at
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 1024;
 /// Maps kept for everything else: the binary, libraries, heaps, listeners.
 const MAPS_RESERVED: usize = 2048;
 
@@ -128,11 +131,7 @@ impl Server {
         };
         let bind = |what, port| {
             let addr = format!("{}:{port}", crate::config::bracket_ipv6(&config.host));
-            TcpListener::bind((config.host.as_str(), port)).map_err(|source| StartError::Bind {
-                what,
-                addr,
-                source,
-            })
+            listen(&config.host, port).map_err(|source| StartError::Bind { what, addr, source })
         };
         let http_listener = bind("HTTP", config.http_port)?;
         let ws_listener = bind("WebSocket", config.ws_port)?;
@@ -249,6 +248,34 @@ impl Server {
         }
         info!("stopped");
     }
+}
+
+/// Binds with a listen queue of `LISTEN_BACKLOG`. std's `TcpListener::bind`
+/// asks for 128: a burst of reconnecting clients (a server restart with
+/// every tab open) overflows that, and each dropped SYN costs its client a
+/// 1 s retry. socket2 lets us ask for more.
+fn listen(host: &str, port: u16) -> io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let mut last = io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "the host resolves to no address",
+    );
+    for addr in (host, port).to_socket_addrs()? {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        match socket
+            .bind(&addr.into())
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(()) => return Ok(socket.into()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// The most clients the kernel's `vm.max_map_count` lets us hold. Past that

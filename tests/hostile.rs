@@ -117,9 +117,9 @@ fn silent_and_trickling_handshakes_are_dropped_while_real_clients_chat() {
         "a chat round took {:?} among {silent_count} silent connections",
         round.elapsed()
     );
-    assert_eq!(
-        server.metric("roomchat_connections"),
-        0,
+    // At most the round's two clients, still going away; none of the 1020.
+    assert!(
+        server.metric("roomchat_connections") <= 2,
         "unfinished handshakes are not counted as clients"
     );
 
