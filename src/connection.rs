@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
+use tungstenite::error::ProtocolError;
 use tungstenite::protocol::{Role, WebSocket};
 use tungstenite::{Error as WsError, Message};
 
@@ -119,6 +120,8 @@ pub fn next_message(ws: &mut WebSocket<ClientStream>, session: &Session) -> Opti
             }
             Err(e) => {
                 let close = match &e {
+                    // The peer closed TCP without a Close frame: it vanished, no violation.
+                    WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
                     WsError::Capacity(_) => Some((1009, "message too big")),
                     WsError::Utf8(_) => Some((1007, "invalid UTF-8")),
                     WsError::Protocol(_) => Some((1002, "protocol error")),
