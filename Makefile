@@ -38,7 +38,7 @@ fuzz: ## bounded fuzzing of frame decoding and the room registry
 soak: ## random clients for a few minutes; checks seq, threads and memory after
 	scripts/soak.sh
 
-ci: check test e2e ## what .ci/run runs after installing what the tests need
+ci: check test e2e fuzz soak ## what .ci/run runs (with shorter fuzz and soak) after installing what the tests need
 
 clean:
 	$(CARGO) clean
