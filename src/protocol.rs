@@ -338,12 +338,6 @@ impl Rejection {
     }
 }
 
-/// Serializes event data. Our data types are plain structs of strings and
-/// numbers, which always serialize.
-pub fn to_json<T: Serialize>(data: &T) -> String {
-    serde_json::to_string(data).expect("event data is plain JSON and always serializes")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
