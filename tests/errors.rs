@@ -238,3 +238,27 @@ fn errors_are_counted_by_code() {
     );
     assert_eq!(server.metric("roomchat_errors_total"), 2);
 }
+
+#[test]
+fn deeply_nested_json_is_refused_without_harm() {
+    let server = TestServer::start();
+    let mut c = server.member("ann", "r");
+    // serde_json stops at 128 levels; the reader's stack has room for that
+    // even in a debug build.
+    for depth in [100, 127, 128, 5000] {
+        let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        c.send_text(&format!(
+            r#"{{"event":"chatMessage","data":{{"text":{nested}}},"ack":1}}"#
+        ));
+        let reply = c.recv();
+        assert_eq!(reply["event"], "error", "depth {depth}: {reply}");
+        assert!(
+            matches!(
+                reply["data"]["code"].as_str(),
+                Some("bad_json" | "invalid_field")
+            ),
+            "depth {depth}: {reply}"
+        );
+    }
+    c.say("still here");
+}
