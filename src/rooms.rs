@@ -112,6 +112,13 @@ impl Registry {
         }
     }
 
+    /// Sizes the client table for `clients` up front, so that it never
+    /// rehashes under the lock while clients pour in. The table costs address
+    /// space, not RSS, until it is used.
+    pub fn reserve_clients(&self, clients: usize) {
+        self.lock().clients.reserve(clients);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock would be a bug in this file; the
         // data is still consistent enough to keep serving the other rooms.

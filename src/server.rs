@@ -165,6 +165,7 @@ impl Server {
             config,
         });
 
+        shared.registry.reserve_clients(max_connections);
         let http = Arc::new(
             tiny_http::Server::from_listener_with_limits(
                 http_listener,
