@@ -214,8 +214,14 @@ fn threads_end_with_their_connections() {
         &[],
     );
     let url = format!("ws://127.0.0.1:{}/ws", p.ws);
-    let fresh = p.status_field("Threads:");
     let rooms_url: std::net::SocketAddr = format!("127.0.0.1:{}", p.http).parse().unwrap();
+    // tiny_http starts its worker pool from its own accept thread, a moment
+    // after startup; one answered request means the pool is there.
+    common::raw_http(
+        rooms_url,
+        b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    let fresh = p.status_field("Threads:");
     // 10,000 short connections, 50 at a time.
     for _ in 0..200 {
         let clients: Vec<Client> = (0..50)
