@@ -334,19 +334,7 @@ pub fn run(
     let unclosed = net.live();
     drop(net);
 
-    let settle_end = Instant::now() + Duration::from_secs_f64(a.settle);
-    let mut after = Usage::read(pid);
-    if let Some(b) = before {
-        while Instant::now() < settle_end {
-            after = Usage::read(pid);
-            if after.is_some_and(|u| u.threads <= b.threads) {
-                std::thread::sleep(Duration::from_millis(500));
-                after = Usage::read(pid);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    let after = Usage::after_settling(pid, before, a.settle);
 
     let expected: u64 = s.acked_per_room.iter().sum();
     let received: u64 = s.listeners.iter().map(|l| l.received).sum();

@@ -329,19 +329,7 @@ pub fn run(
     drop(net);
 
     // Wait for the server's threads to come back to where they started.
-    let settle_end = Instant::now() + Duration::from_secs_f64(a.settle);
-    let mut after = Usage::read(pid);
-    if let Some(b) = before {
-        while Instant::now() < settle_end {
-            after = Usage::read(pid);
-            if after.is_some_and(|u| u.threads <= b.threads) {
-                std::thread::sleep(Duration::from_millis(500));
-                after = Usage::read(pid);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    let after = Usage::after_settling(pid, before, a.settle);
 
     let bytes_per_conn = match (before, during) {
         (Some(b), Some(d)) if s.joined > 0 => {

@@ -68,6 +68,29 @@ impl Usage {
         })
     }
 
+    /// Usage once the server's threads are back to `before`'s count (then
+    /// half a second more, for memory to follow), or at `settle_secs`.
+    pub fn after_settling(
+        pid: Option<u32>,
+        before: Option<Usage>,
+        settle_secs: f64,
+    ) -> Option<Usage> {
+        let settle_end =
+            std::time::Instant::now() + std::time::Duration::from_secs_f64(settle_secs);
+        let mut after = Usage::read(pid);
+        if let Some(b) = before {
+            while std::time::Instant::now() < settle_end {
+                after = Usage::read(pid);
+                if after.is_some_and(|u| u.threads <= b.threads) {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    return Usage::read(pid);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        after
+    }
+
     /// The larger of each field.
     pub fn max(self, o: Usage) -> Usage {
         Usage {
