@@ -238,14 +238,18 @@ fn decide(head: &[u8], shared: &Shared) -> Verdict {
                     .split('&')
                     .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
             };
-            if param("EIO") != Some("4") {
-                return Verdict::Refuse(Refusal::engine_io(5, "Unsupported protocol version"));
-            }
+            // In engine.io's own order: transport, method, upgrade, version.
             if param("transport") != Some("websocket") {
                 return Verdict::Refuse(Refusal::engine_io(0, "Transport unknown"));
             }
+            if request.method != Some("GET") {
+                return Verdict::Refuse(Refusal::engine_io(2, "Bad handshake method"));
+            }
             if !is_upgrade {
                 return Verdict::Refuse(Refusal::engine_io(3, "Bad request"));
+            }
+            if param("EIO") != Some("4") {
+                return Verdict::Refuse(Refusal::engine_io(5, "Unsupported protocol version"));
             }
             Transport::SocketIo
         }
@@ -262,7 +266,7 @@ fn decide(head: &[u8], shared: &Shared) -> Verdict {
         );
     }
     if let Some(origin) = header("Origin") {
-        if !shared.origins.allows(origin) {
+        if !shared.handshake_origins.allows(origin) {
             return Verdict::Refuse(Refusal::text(403, "origin not allowed"));
         }
     }

@@ -82,7 +82,7 @@ pub struct RateLimit(pub Option<u32>);
 
 fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
     match s.trim() {
-        "off" => Ok(RateLimit(None)),
+        off if off.eq_ignore_ascii_case("off") => Ok(RateLimit(None)),
         n => match n.parse::<u32>() {
             Ok(0) | Err(_) => Err(format!(
                 "expected a whole number of frames per second (1 or more) or `off`, got {s:?}"
@@ -94,9 +94,9 @@ fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
 
 fn parse_message_bytes(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
-        Ok(n) if (128..=1 << 30).contains(&n) => Ok(n),
+        Ok(n) if (1..=1 << 30).contains(&n) => Ok(n),
         _ => Err(format!(
-            "expected a whole number of bytes from 128 to 1073741824, got {s:?}"
+            "expected a whole number of bytes from 1 to 1073741824, got {s:?}"
         )),
     }
 }
@@ -140,8 +140,8 @@ impl Config {
         }
     }
 
-    /// The allowed origins once the HTTP port is known: the configured list,
-    /// or the defaults for that port.
+    /// The origins allowed for CORS once the HTTP port is known: the
+    /// configured list, or the page's own origins on that port.
     pub fn origins_for(&self, http_port: u16) -> Vec<String> {
         if !self.allowed_origins.is_empty() {
             return self
@@ -151,11 +151,28 @@ impl Config {
                 .filter(|o| !o.is_empty())
                 .collect();
         }
+        self.own_origins(http_port)
+    }
+
+    /// The origins allowed to open a WebSocket: those of CORS and, with the
+    /// defaults, also the WebSocket port's own. Non-browser clients such as
+    /// Python's websocket-client send `Origin: http://HOST:WS_PORT` unasked;
+    /// no page is served from that port, so allowing it lets no page in.
+    pub fn handshake_origins_for(&self, http_port: u16, ws_port: u16) -> Vec<String> {
+        let mut origins = self.origins_for(http_port);
+        if self.allowed_origins.is_empty() {
+            origins.extend(self.own_origins(ws_port));
+        }
+        origins
+    }
+
+    /// `http://localhost:PORT`, `http://127.0.0.1:PORT` and `http://HOST:PORT`.
+    fn own_origins(&self, port: u16) -> Vec<String> {
         let mut origins = vec![
-            format!("http://localhost:{http_port}"),
-            format!("http://127.0.0.1:{http_port}"),
+            format!("http://localhost:{port}"),
+            format!("http://127.0.0.1:{port}"),
         ];
-        let own = format!("http://{}:{http_port}", bracket_ipv6(&self.host));
+        let own = format!("http://{}:{port}", bracket_ipv6(&self.host));
         if !origins.contains(&own) {
             origins.push(own);
         }
@@ -221,6 +238,18 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.rate_limit, RateLimit(None));
+        let loud = Config::try_parse_from([
+            "roomchat",
+            "--rate-limit",
+            "OFF",
+            "--max-message-bytes",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(
+            (loud.rate_limit, loud.max_message_bytes),
+            (RateLimit(None), 100)
+        );
         assert_eq!(c.allowed_origins, ["http://a", "http://b", "http://c"]);
         assert_eq!(c.ping_interval, Duration::from_secs(2));
         for bad in [
@@ -252,6 +281,19 @@ mod tests {
         );
         let origins = Origins::new(Config::default().origins_for(3000));
         assert!(origins.allows("http://localhost:3000") && !origins.allows("http://evil.example"));
+        assert!(
+            !origins.allows("http://127.0.0.1:3001"),
+            "CORS: the page's origins only"
+        );
+        let handshake = Origins::new(Config::default().handshake_origins_for(3000, 3001));
+        assert!(
+            handshake.allows("http://127.0.0.1:3001") && handshake.allows("http://localhost:3000")
+        );
+        let configured = Config {
+            allowed_origins: vec!["http://a".into()],
+            ..Config::default()
+        };
+        assert_eq!(configured.handshake_origins_for(3000, 3001), ["http://a"]);
         assert!(Origins::new(vec!["*".into()]).allows("http://evil.example"));
     }
 }

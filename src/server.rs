@@ -20,7 +20,7 @@ use crate::rooms::{ClientId, Registry};
 use crate::{accept, http};
 
 /// How long shutdown waits for clients to answer their Close before cutting them off.
-const CLOSE_GRACE: Duration = Duration::from_millis(1500);
+const CLOSE_GRACE: Duration = Duration::from_millis(1000);
 
 /// Memory maps one client may need at worst: two threads (reader and
 /// writer), each with a stack, its guard page, the signal stack std gives
@@ -40,7 +40,10 @@ pub struct Shared {
     pub max_connections: usize,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    /// Origins allowed for CORS on the HTTP port.
     pub origins: Origins,
+    /// Origins allowed to open a WebSocket (see `Config::handshake_origins_for`).
+    pub handshake_origins: Origins,
     pub assets: Assets,
     /// The WebSocket port actually bound, for `/config.json`.
     pub ws_port: u16,
@@ -157,6 +160,9 @@ impl Server {
             registry: Registry::new(config.history, Arc::clone(&metrics)),
             metrics,
             origins: Origins::new(config.origins_for(http_addr.port())),
+            handshake_origins: Origins::new(
+                config.handshake_origins_for(http_addr.port(), ws_addr.port()),
+            ),
             assets,
             ws_port: ws_addr.port(),
             ws_config,

@@ -58,6 +58,11 @@ fn origins_are_checked_and_a_missing_origin_is_allowed() {
     assert_eq!(with_origin(&format!("http://localhost:{port}")), 101);
     assert_eq!(with_origin(&format!("http://127.0.0.1:{port}")), 101);
     assert_eq!(with_origin("http://evil.example"), 403);
+    // What Python's websocket-client sends unasked: the WebSocket port's own origin.
+    assert_eq!(
+        with_origin(&format!("http://127.0.0.1:{}", server.ws.port())),
+        101
+    );
     assert_eq!(with_origin(&format!("http://localhost:{}", port + 1)), 403);
     assert_eq!(server.ws_request(&upgrade_request("/ws", "")).status, 101);
 }
@@ -110,4 +115,23 @@ fn frames_sent_right_after_the_handshake_are_not_lost() {
     assert_eq!(raw.recv_json()["event"], "connected");
     assert_eq!(raw.recv_json()["event"], "joined");
     assert_eq!(raw.recv_json()["ack"], 1);
+}
+
+#[test]
+fn allowed_origin_replaces_every_default_for_the_handshake_too() {
+    let server = TestServer::with(|c| c.allowed_origins = vec!["https://chat.example".into()]);
+    let with_origin = |origin: &str| {
+        server
+            .ws_request(&upgrade_request("/ws", &format!("Origin: {origin}\r\n")))
+            .status
+    };
+    assert_eq!(with_origin("https://chat.example"), 101);
+    assert_eq!(
+        with_origin(&format!("http://127.0.0.1:{}", server.ws.port())),
+        403
+    );
+    assert_eq!(
+        with_origin(&format!("http://localhost:{}", server.http.port())),
+        403
+    );
 }
