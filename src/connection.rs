@@ -66,6 +66,9 @@ pub fn serve(socket: TcpStream, leftover: Vec<u8>, transport: Transport, shared:
     shared.registry.disconnect(id);
     shared.metrics.release();
     info!("client {id} disconnected");
+    if session.closed_by_us {
+        linger(&ws.get_ref().socket);
+    }
 }
 
 /// Reads native frames until the connection ends.
@@ -93,7 +96,7 @@ fn read_native(ws: &mut WebSocket<ClientStream>, session: &mut Session) {
 /// The next message, or None when the connection is over: closed by the
 /// peer, broken, idle past the deadline, or in violation of RFC 6455 (then
 /// a Close with the RFC's code is queued first).
-pub fn next_message(ws: &mut WebSocket<ClientStream>, session: &Session) -> Option<Message> {
+pub fn next_message(ws: &mut WebSocket<ClientStream>, session: &mut Session) -> Option<Message> {
     let idle_timeout = session.shared.config.idle_timeout;
     loop {
         match ws.read() {
@@ -112,9 +115,7 @@ pub fn next_message(ws: &mut WebSocket<ClientStream>, session: &Session) -> Opti
                         "client {} idle for {idle_timeout:?}; dropping it",
                         session.id
                     );
-                    session
-                        .outbox
-                        .control(Outbound::close(1001, "idle timeout"));
+                    session.close(1001, "idle timeout");
                     return None;
                 }
             }
@@ -130,12 +131,35 @@ pub fn next_message(ws: &mut WebSocket<ClientStream>, session: &Session) -> Opti
                 match close {
                     Some((code, reason)) => {
                         warn!("client {}: {e}; closing with {code}", session.id);
-                        session.outbox.control(Outbound::close(code, reason));
+                        session.close(code, reason);
                     }
                     None => debug!("client {}: connection ended: {e}", session.id),
                 }
                 return None;
             }
+        }
+    }
+}
+
+/// How long a connection we closed may still send before we close the socket.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// After a Close we started (1009, 1007, 1002, idle), reads and drops what
+/// the peer still sends, until it closes or `LINGER` passes. Closing a socket
+/// with unread data makes the kernel answer with a reset, which can reach
+/// the peer before our Close frame does (a client still sending an oversized
+/// message would see a broken pipe instead of 1009).
+fn linger(socket: &TcpStream) {
+    let deadline = Instant::now() + LINGER;
+    let mut sink = vec![0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match (&*socket).read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }
@@ -188,6 +212,8 @@ pub struct Session {
     pub id: ClientId,
     pub outbox: Outbox,
     pub shared: Arc<Shared>,
+    /// We queued a Close: the connection ends on our side.
+    closed_by_us: bool,
     bucket: Option<TokenBucket>,
 }
 
@@ -202,8 +228,15 @@ impl Session {
             id,
             outbox,
             shared,
+            closed_by_us: false,
             bucket,
         }
+    }
+
+    /// Queues a Close with `code`: the connection ends after it.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        self.outbox.control(Outbound::close(code, reason));
+        self.closed_by_us = true;
     }
 
     /// Every client data frame takes a token; false when none was left.

@@ -71,8 +71,13 @@ pub fn read_loop(
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         match engine_packet(&packet) {
-            Packet::Close => return,
-            Packet::Ping => send_raw(&session.outbox, "3"),
+            // The client is done: answer with a WebSocket Close, as for any
+            // close we start.
+            Packet::Close | Packet::Disconnect => {
+                return session.close(1000, "client disconnected")
+            }
+            // Pong, echoing any payload (`2probe` → `3probe`).
+            Packet::Ping(payload) => send_raw(&session.outbox, &format!("3{payload}")),
             Packet::Ignore => {}
             Packet::Connect(namespace) if namespace == "/" => {
                 if !joined_namespace {
@@ -85,7 +90,6 @@ pub fn read_loop(
                 let refusal = json!({"message": "Invalid namespace"});
                 send_raw(&session.outbox, &format!("44{namespace},{refusal}"));
             }
-            Packet::Disconnect => return,
             Packet::Event(parsed) => {
                 let allowed = session.take_token();
                 match parsed {
@@ -109,7 +113,7 @@ fn send_raw(outbox: &Outbox, packet: &str) {
 #[derive(Debug, PartialEq)]
 enum Packet {
     Close,
-    Ping,
+    Ping(String),
     Ignore,
     Connect(String),
     Disconnect,
@@ -120,7 +124,7 @@ fn engine_packet(packet: &str) -> Packet {
     let mut chars = packet.chars();
     match chars.next() {
         Some('1') => Packet::Close,
-        Some('2') => Packet::Ping,
+        Some('2') => Packet::Ping(chars.as_str().to_owned()),
         Some('3') | Some('6') => Packet::Ignore,
         Some('4') => socket_packet(chars.as_str()),
         _ => Packet::Event(Err(Rejection::new(
@@ -136,6 +140,8 @@ fn socket_packet(packet: &str) -> Packet {
     let (namespace, rest) = split_namespace(rest);
     match kind {
         Some('0') => Packet::Connect(namespace.to_owned()),
+        // Leaving a namespace we never joined changes nothing.
+        Some('1') if namespace != "/" => Packet::Ignore,
         Some('1') => Packet::Disconnect,
         Some('3') => Packet::Ignore,
         Some('2') if namespace != "/" => Packet::Event(Err(Rejection::new(
@@ -221,7 +227,9 @@ mod tests {
     #[test]
     fn engine_and_socket_packets() {
         assert_eq!(engine_packet("1"), Packet::Close);
-        assert_eq!(engine_packet("2"), Packet::Ping);
+        assert_eq!(engine_packet("2"), Packet::Ping(String::new()));
+        assert_eq!(engine_packet("2probe"), Packet::Ping("probe".into()));
+        assert_eq!(engine_packet("41/admin,"), Packet::Ignore);
         assert_eq!(engine_packet("3"), Packet::Ignore);
         assert_eq!(engine_packet("40"), Packet::Connect("/".into()));
         assert_eq!(

@@ -21,6 +21,17 @@ fn a_frame_over_the_limit_closes_with_1009() {
 }
 
 #[test]
+fn a_client_still_sending_an_oversized_message_reads_1009_not_a_reset() {
+    let server = TestServer::start();
+    let mut raw = RawSocket::upgrade(server.ws, "/ws");
+    raw.recv_json();
+    // The whole 300 KB frame is written although the server refuses it after
+    // the header: it reads and drops the rest instead of resetting us.
+    raw.send(&RawSocket::frame(0x81, &vec![b' '; 300_000], true));
+    assert_eq!(raw.close_code(), Some(1009));
+}
+
+#[test]
 fn a_message_at_the_limit_is_accepted() {
     let server = TestServer::with(|c| c.max_message_bytes = 1000);
     let mut raw = RawSocket::upgrade(server.ws, "/ws");

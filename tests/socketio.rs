@@ -187,6 +187,8 @@ fn the_server_pings_with_packet_2_and_a_client_ping_gets_3() {
     let (mut peer, _) = Peer::connected(&server);
     peer.send("2");
     assert_eq!(peer.recv(), "3");
+    peer.send("2probe");
+    assert_eq!(peer.recv(), "3probe");
     assert_eq!(peer.recv(), "2", "the server's heartbeat");
     peer.send("3");
 }
@@ -239,4 +241,18 @@ fn the_rate_limit_holds_here_too() {
         peer.recv().starts_with(r#"433[{"code":"rate_limited""#),
         "a bucket of 2 x 1"
     );
+}
+
+#[test]
+fn disconnect_is_answered_with_a_close_frame_and_other_namespaces_are_ignored() {
+    let server = TestServer::start();
+    let (mut peer, _) = Peer::connected(&server);
+    peer.send("41/admin,");
+    peer.send(r#"421["typing",{"typing":true}]"#);
+    assert!(
+        peer.recv().starts_with(r#"431[{"code":"not_in_room""#),
+        "still connected"
+    );
+    peer.send("41");
+    assert_eq!(peer.0.close_code(), Some(1000));
 }

@@ -144,9 +144,18 @@ test('a polling-only client fails clearly with the Engine.IO error answer', asyn
   const res = await fetch(`http://127.0.0.1:${s.wsPort}/socket.io/?EIO=4&transport=polling`);
   assert.equal(res.status, 400);
   assert.deepEqual(await res.json(), { code: 0, message: 'Transport unknown' });
-  const old = await fetch(`http://127.0.0.1:${s.wsPort}/socket.io/?EIO=3&transport=websocket`);
-  assert.equal(old.status, 400);
-  assert.deepEqual(await old.json(), { code: 5, message: 'Unsupported protocol version' });
+  // A WebSocket upgrade for Engine.IO 3: refused before the upgrade, with engine.io's body.
+  const v3 = new WebSocket(`ws://127.0.0.1:${s.wsPort}/socket.io/?EIO=3&transport=websocket`);
+  v3.on('error', () => {});
+  const [, res3] = await once(v3, 'unexpected-response');
+  assert.equal(res3.statusCode, 400);
+  let body = '';
+  for await (const chunk of res3) body += chunk;
+  assert.deepEqual(JSON.parse(body), { code: 5, message: 'Unsupported protocol version' });
+  // A plain GET for the websocket transport (no upgrade): engine.io's "Bad request".
+  const plain = await fetch(`http://127.0.0.1:${s.wsPort}/socket.io/?EIO=4&transport=websocket`);
+  assert.equal(plain.status, 400);
+  assert.deepEqual(await plain.json(), { code: 3, message: 'Bad request' });
   const socket = io(`http://127.0.0.1:${s.wsPort}`, { transports: ['polling'], reconnection: false });
   const err = await next(socket, 'connect_error');
   assert.match(err.message, /xhr poll error|400/);
