@@ -59,8 +59,7 @@ pub fn run(server: Arc<tiny_http::Server>, shared: Arc<Shared>) {
 }
 
 fn respond(request: Request, shared: &Shared) {
-    let url = request.url();
-    let path = url.split_once('?').map_or(url, |(path, _)| path).to_owned();
+    let path = request_path(request.url()).to_owned();
     let origin = header(&request, "Origin").filter(|o| shared.origins.allows(o));
     let mut response = match request.method() {
         Method::Get | Method::Head => route(&path, shared),
@@ -105,9 +104,19 @@ fn has_body(request: &Request) -> bool {
         || header(request, "Content-Length").is_some_and(|len| len.trim() != "0")
 }
 
+/// The path of a request target: the query dropped, and the scheme and
+/// authority of an absolute-form target (`GET http://host/x`) too.
+fn request_path(target: &str) -> &str {
+    let target = target.split_once('?').map_or(target, |(path, _)| path);
+    match target.split_once("://") {
+        Some((scheme, rest)) if !scheme.contains('/') => rest.find('/').map_or("/", |i| &rest[i..]),
+        _ => target,
+    }
+}
+
 fn route(path: &str, shared: &Shared) -> Response<Body> {
     match path {
-        "/healthz" => body(200, "text/plain; charset=utf-8", b"ok".to_vec()),
+        "/healthz" => body(200, "text/plain", b"ok".to_vec()),
         "/config.json" => {
             let config = json!({"wsPort": shared.ws_port, "wsPath": "/ws"});
             body(200, "application/json", config.to_string().into_bytes())
@@ -299,6 +308,14 @@ mod tests {
         ] {
             assert_eq!(relative_path(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn request_targets_in_origin_and_absolute_form() {
+        assert_eq!(request_path("/a/b?x=1"), "/a/b");
+        assert_eq!(request_path("http://h:3000/healthz?x"), "/healthz");
+        assert_eq!(request_path("http://h"), "/");
+        assert_eq!(request_path("/x://y"), "/x://y");
     }
 
     #[test]

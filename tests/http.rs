@@ -56,10 +56,7 @@ fn healthz_says_ok() {
     let server = TestServer::start();
     let health = server.get("/healthz");
     assert_eq!((health.status, health.body.as_str()), (200, "ok"));
-    assert_eq!(
-        health.header("content-type"),
-        Some("text/plain; charset=utf-8")
-    );
+    assert_eq!(health.header("content-type"), Some("text/plain"));
 }
 
 #[test]
@@ -305,4 +302,14 @@ fn an_unfinished_request_head_is_closed_after_the_timeout_and_others_are_served(
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
     );
+}
+
+#[test]
+fn an_absolute_form_target_is_served_as_its_path() {
+    let server = TestServer::start();
+    let answer = server.http_request(&format!(
+        "GET http://{}/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        server.http
+    ));
+    assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
 }
