@@ -19,6 +19,7 @@ test: ## unit and integration tests over real loopback sockets (about a minute)
 check: ## formatting and lints, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins # the fuzz targets use the library's hidden API
 
 fmt: ## format the code
 	$(CARGO) fmt --all

@@ -80,7 +80,7 @@ fn decode_text(text: &str) {
 
 /// The error event's data is a JSON object naming its code.
 fn check_rejection(r: &Rejection) {
-    let data: Value = serde_json::from_str(&protocol::to_json(&r.data())).unwrap();
+    let data: Value = serde_json::to_value(r.data()).unwrap();
     assert_eq!(data["code"], r.code.as_str());
     assert!(data["message"].is_string());
     assert!(ErrorCode::ALL.contains(&r.code));
