@@ -170,20 +170,22 @@ impl Registry {
             if me.username != username {
                 let old = std::mem::replace(&mut me.username, username.to_owned());
                 let r = &inner.rooms[room];
-                let left = Outgoing::new("userLeft", &presence(room, id, &old), None);
+                let left = presence("userLeft", room, id, &old);
                 r.send_all(&left, Some(id), &mut d);
-                let joined = Outgoing::new("userJoined", &presence(room, id, username), None);
+                let joined = presence("userJoined", room, id, username);
                 r.send_all(&joined, Some(id), &mut d);
             }
         } else {
             inner.leave_room(id, &mut d);
             let Some(client) = inner.clients.get_mut(&id) else {
-                return;
+                // Not registered (cannot happen: a reader joins only between
+                // its connect and disconnect); still deliver what leaving queued.
+                return self.finish(inner, d);
             };
             client.room = Some(room.to_owned());
             let outbox = client.outbox.clone();
             let r = inner.rooms.entry(room.to_owned()).or_default();
-            let event = Outgoing::new("userJoined", &presence(room, id, username), None);
+            let event = presence("userJoined", room, id, username);
             r.send_all(&event, None, &mut d);
             r.members.push(Member {
                 id,
@@ -412,20 +414,21 @@ impl Inner {
         if room.members.is_empty() {
             self.rooms.remove(&name);
         } else {
-            let event = Outgoing::new("userLeft", &presence(&name, id, &member.username), None);
+            let event = presence("userLeft", &name, id, &member.username);
             room.send_all(&event, None, d);
         }
         Some(name)
     }
 }
 
-fn presence<'a>(room: &'a str, id: ClientId, username: &'a str) -> serde_json::Value {
-    serde_json::to_value(PresenceData {
+/// A `userJoined` or `userLeft` event.
+fn presence(event: &'static str, room: &str, id: ClientId, username: &str) -> Arc<Outgoing> {
+    let data = PresenceData {
         room,
         id: &id.to_string(),
         username,
-    })
-    .expect("presence data always serializes")
+    };
+    Outgoing::new(event, &data, None)
 }
 
 fn unix_millis() -> u64 {
