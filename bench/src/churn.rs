@@ -431,14 +431,7 @@ pub fn run(
                 "threads / RSS returned",
                 format!("{threads_back:?} / {rss_back:?}"),
             ),
-            (
-                "result",
-                if pass {
-                    "PASS".into()
-                } else {
-                    format!("FAIL {failed:?} {:?}", s.samples)
-                },
-            ),
+            ("result", report::verdict(pass, &failed, &s.samples)),
         ],
     );
     let line = json!({

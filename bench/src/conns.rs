@@ -397,14 +397,7 @@ pub fn run(
                 "left cleanly / unclosed",
                 format!("{} / {unclosed}", s.left),
             ),
-            (
-                "result",
-                if pass {
-                    "PASS".into()
-                } else {
-                    format!("FAIL {failed:?} {:?}", s.samples)
-                },
-            ),
+            ("result", report::verdict(pass, &failed, &s.samples)),
         ],
     );
     let line = json!({

@@ -139,23 +139,12 @@ impl Fan<'_> {
     }
 
     /// Window mode: keep `window` messages in flight.
-    fn pump(&mut self, net: &mut Net, m: usize, id: usize) {
-        loop {
-            let Some(s) = &mut self.members[m].sender else {
-                return;
-            };
+    fn pump(&mut self, net: &mut Net, m: usize) {
+        while let Some(s) = &self.members[m].sender {
             if s.sent >= self.a.messages || s.sent - s.acked >= self.a.window {
                 return;
             }
-            proto::chat(
-                &mut self.buf,
-                s.global,
-                s.sent,
-                proto::nanos(Instant::now()),
-            );
-            s.sent += 1;
-            self.out.sent += 1;
-            net.send_text(id, &self.buf);
+            self.send(net, m);
         }
     }
 
@@ -205,7 +194,7 @@ impl Fan<'_> {
             self.started = true;
             if self.a.rate.is_none() {
                 for m in 0..self.members.len() {
-                    self.pump(net, m, self.members[m].conn);
+                    self.pump(net, m);
                 }
             }
         }
@@ -286,7 +275,7 @@ impl Handler for Fan<'_> {
                         self.senders_done += 1;
                     }
                     if self.a.rate.is_none() {
-                        self.pump(net, m, id);
+                        self.pump(net, m);
                     }
                 }
                 Msg::Error { code, ack } => {

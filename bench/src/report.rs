@@ -142,6 +142,19 @@ impl Cpu {
 }
 
 /// Prints a two-column table under a title.
+/// The table's last row: PASS, or FAIL with the failed checks and error samples.
+pub fn verdict(
+    pass: bool,
+    failed: &impl std::fmt::Debug,
+    samples: &impl std::fmt::Debug,
+) -> String {
+    if pass {
+        "PASS".into()
+    } else {
+        format!("FAIL {failed:?} {samples:?}")
+    }
+}
+
 pub fn table(title: &str, rows: &[(&str, String)]) {
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     println!("== {title}");
