@@ -11,21 +11,22 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use tungstenite::handshake::derive_accept_key;
 
+use crate::codec::Encoding;
+use crate::config::Origins;
 use crate::connection;
-use crate::outbox::Transport;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Largest request head we read; past it the answer is 431.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most header fields in a request head; past it the answer is 431.
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 /// Stack for a connection's thread, which reads and parses its frames.
 /// Only the pages touched count in RSS; serde_json may recurse 128 levels
 /// deep on hostile input, which needs room in debug builds.
 const READER_STACK: usize = 512 * 1024;
 
 /// Accepts until the server stops. Each connection gets its own thread.
-pub fn run(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) fn run(listener: TcpListener, shared: Arc<Shared>) {
     for stream in listener.incoming() {
         if shared.stopping() {
             break;
@@ -55,8 +56,9 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>) {
 /// What the handshake decided.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
+    /// `/` and `/ws` speak roomchat's JSON frames; `/socket.io/`, Engine.IO.
     Upgrade {
-        transport: Transport,
+        encoding: Encoding,
         accept_key: String,
     },
     Refuse(Refusal),
@@ -112,32 +114,28 @@ fn handle(mut stream: TcpStream, accepted: Instant, shared: &Arc<Shared>) {
         }
         Err(HeadError::Io(e)) => return debug!("handshake read failed: {e}"),
     };
-    let mut verdict = decide(&head, shared);
-    if let Verdict::Upgrade { .. } = verdict {
-        if shared.stopping() {
-            verdict = Verdict::Refuse(Refusal::text(503, "server is shutting down"));
-        } else if !shared.metrics.try_admit(shared.max_connections) {
-            verdict = Verdict::Refuse(Refusal::text(503, "too many connections"));
-        }
-    }
-    match verdict {
-        Verdict::Refuse(refusal) => refuse(&mut stream, refusal),
+    let (encoding, accept_key) = match decide(&head, &shared.handshake_origins) {
+        Verdict::Refuse(refusal) => return refuse(&mut stream, refusal),
         Verdict::Upgrade {
-            transport,
+            encoding,
             accept_key,
-        } => {
-            let response = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
-            );
-            let _ = stream.set_write_timeout(Some(remaining(deadline)));
-            if let Err(e) = stream.write_all(response.as_bytes()) {
-                shared.metrics.release();
-                return debug!("handshake answer failed: {e}");
-            }
-            connection::serve(stream, leftover, transport, shared);
-        }
+        } => (encoding, accept_key),
+    };
+    if shared.stopping() {
+        return refuse(&mut stream, Refusal::text(503, "server is shutting down"));
     }
+    let Some(admission) = shared.admit() else {
+        return refuse(&mut stream, Refusal::text(503, "too many connections"));
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    );
+    let _ = stream.set_write_timeout(Some(remaining(deadline)));
+    if let Err(e) = stream.write_all(response.as_bytes()) {
+        return debug!("handshake answer failed: {e}");
+    }
+    connection::serve(stream, leftover, encoding, admission, shared);
 }
 
 #[derive(Debug)]
@@ -198,7 +196,7 @@ fn remaining(deadline: Instant) -> Duration {
 
 /// Checks a complete request head, in order: parse, path, Socket.IO
 /// parameters, upgrade headers, Origin, WebSocket version and key.
-fn decide(head: &[u8], shared: &Shared) -> Verdict {
+fn decide(head: &[u8], origins: &Origins) -> Verdict {
     // Room for exactly the lines the head has (the request line counts as
     // one spare), so the common small head costs a small allocation.
     let lines = head.windows(2).filter(|w| w == b"\r\n").count();
@@ -230,8 +228,8 @@ fn decide(head: &[u8], shared: &Shared) -> Verdict {
         && has_token("Upgrade", "websocket")
         && has_token("Connection", "upgrade");
 
-    let transport = match path {
-        "/" | "/ws" => Transport::Native,
+    let encoding = match path {
+        "/" | "/ws" => Encoding::Native,
         "/socket.io/" => {
             let param = |key: &str| {
                 query
@@ -251,7 +249,7 @@ fn decide(head: &[u8], shared: &Shared) -> Verdict {
             if param("EIO") != Some("4") {
                 return Verdict::Refuse(Refusal::engine_io(5, "Unsupported protocol version"));
             }
-            Transport::SocketIo
+            Encoding::EngineIo
         }
         _ => return Verdict::Refuse(Refusal::text(404, "not found")),
     };
@@ -266,7 +264,7 @@ fn decide(head: &[u8], shared: &Shared) -> Verdict {
         );
     }
     if let Some(origin) = header("Origin") {
-        if !shared.handshake_origins.allows(origin) {
+        if !origins.allows(origin) {
             return Verdict::Refuse(Refusal::text(403, "origin not allowed"));
         }
     }
@@ -278,7 +276,7 @@ fn decide(head: &[u8], shared: &Shared) -> Verdict {
     }
     match header("Sec-WebSocket-Key").map(str::trim) {
         Some(key) if valid_key(key) => Verdict::Upgrade {
-            transport,
+            encoding,
             accept_key: derive_accept_key(key.as_bytes()),
         },
         _ => Verdict::Refuse(Refusal::text(400, "missing or malformed Sec-WebSocket-Key")),

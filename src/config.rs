@@ -142,7 +142,7 @@ impl Config {
 
     /// The origins allowed for CORS once the HTTP port is known: the
     /// configured list, or the page's own origins on that port.
-    pub fn origins_for(&self, http_port: u16) -> Vec<String> {
+    pub(crate) fn origins_for(&self, http_port: u16) -> Vec<String> {
         if !self.allowed_origins.is_empty() {
             return self
                 .allowed_origins
@@ -158,7 +158,7 @@ impl Config {
     /// defaults, also the WebSocket port's own. Non-browser clients such as
     /// Python's websocket-client send `Origin: http://HOST:WS_PORT` unasked;
     /// no page is served from that port, so allowing it lets no page in.
-    pub fn handshake_origins_for(&self, http_port: u16, ws_port: u16) -> Vec<String> {
+    pub(crate) fn handshake_origins_for(&self, http_port: u16, ws_port: u16) -> Vec<String> {
         let mut origins = self.origins_for(http_port);
         if self.allowed_origins.is_empty() {
             origins.extend(self.own_origins(ws_port));
@@ -181,7 +181,7 @@ impl Config {
 }
 
 /// `::1` → `[::1]`, as it appears in URLs; names and IPv4 addresses unchanged.
-pub fn bracket_ipv6(host: &str) -> String {
+pub(crate) fn bracket_ipv6(host: &str) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
     } else {
@@ -191,13 +191,13 @@ pub fn bracket_ipv6(host: &str) -> String {
 
 /// The set of origins a request may come from.
 #[derive(Debug, Clone)]
-pub struct Origins {
+pub(crate) struct Origins {
     any: bool,
     list: Vec<String>,
 }
 
 impl Origins {
-    pub fn new(list: Vec<String>) -> Origins {
+    pub(crate) fn new(list: Vec<String>) -> Origins {
         Origins {
             any: list.iter().any(|o| o == "*"),
             list,
@@ -205,7 +205,7 @@ impl Origins {
     }
 
     /// Origins compare exactly, but for the case of the scheme and host.
-    pub fn allows(&self, origin: &str) -> bool {
+    pub(crate) fn allows(&self, origin: &str) -> bool {
         self.any || self.list.iter().any(|o| o.eq_ignore_ascii_case(origin))
     }
 }

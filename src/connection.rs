@@ -1,6 +1,8 @@
-//! One client after its handshake: this thread reads and handles its frames
-//! and keeps the heartbeat; a writer thread (see `outbox.rs`) writes what is
-//! queued for it. The two share the socket; the reader never writes to it.
+//! One WebSocket client after its handshake, whatever it speaks: this
+//! thread reads its frames (tungstenite), has the client's codec decode
+//! them and its session act on them, and keeps the heartbeat. It never
+//! writes to the socket: its Pong and Close replies go through the
+//! client's outbox like everything else.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -12,41 +14,50 @@ use tungstenite::error::ProtocolError;
 use tungstenite::protocol::{Role, WebSocket};
 use tungstenite::{Error as WsError, Message};
 
-use crate::outbox::{Outbound, Outbox, Outgoing, Transport};
-use crate::protocol::{self, ClientEvent, ConnectedData, Envelope, ErrorCode, Limits, Rejection};
-use crate::rooms::ClientId;
-use crate::server::Shared;
+use crate::codec::{engineio, frame, Codec, Encoding};
+use crate::outbox::{Outbound, Outbox};
+use crate::session::{Flow, Membership, Session};
+use crate::shared::{Admission, Shared};
+
+/// How long a connection we closed may still send before we close the socket.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Serves a client whose handshake is done, until it goes. `leftover` holds
-/// bytes read past the handshake. The caller has counted the client in the
-/// connection limit; this releases it.
-pub fn serve(socket: TcpStream, leftover: Vec<u8>, transport: Transport, shared: &Arc<Shared>) {
+/// bytes read past the handshake; `admission` is its place under
+/// `--max-connections`, given back when this returns.
+pub(crate) fn serve(
+    socket: TcpStream,
+    leftover: Vec<u8>,
+    encoding: Encoding,
+    admission: Admission,
+    shared: &Arc<Shared>,
+) {
     let id = shared.next_client_id();
+    let mut codec = Codec::new(encoding, &id.to_string());
     let config = &shared.config;
     // A writer stuck this long on a peer that reads nothing gives up.
     let _ = socket.set_write_timeout(Some(config.idle_timeout));
     let _ = socket.set_nodelay(true);
     let socket = Arc::new(socket);
-    let outbox = Outbox::new(Arc::clone(&socket), transport, Arc::clone(&shared.metrics));
-    info!("client {id} connected ({transport:?})");
-
-    let connected = ConnectedData {
-        id: &id.to_string(),
-        limits: Limits {
-            max_message_bytes: config.max_message_bytes,
-            max_text_chars: protocol::MAX_TEXT_CHARS,
-            rate_limit: config.rate_limit.0,
-        },
-    };
-    let connected = Outgoing::new("connected", &connected, None);
-    let mut session = Session::new(id, outbox.clone(), Arc::clone(shared));
-    shared.registry.connect(id, outbox.clone());
-    match transport {
-        Transport::Native => {
-            session.outbox.push_now(&connected);
-        }
+    let outbox = Arc::new(Outbox::new(
+        Arc::clone(&socket),
+        encoding,
+        Arc::clone(&shared.metrics),
+    ));
+    info!("client {id} connected ({encoding:?})");
+    let mut session = Session::new(id, Arc::clone(&outbox), Arc::clone(shared));
+    let membership = Membership::register(id, outbox.clone(), shared);
+    if let Codec::EngineIo(_) = codec {
         // Socket.IO sends `connected` once the client joins the main namespace.
-        Transport::SocketIo => crate::socketio::open(&session.outbox, &id, config),
+        let open = engineio::open_packet(
+            &id.to_string(),
+            config.ping_interval,
+            config.idle_timeout,
+            config.max_message_bytes,
+        );
+        outbox.control(Outbound::Packet(open.into()));
+    } else {
+        outbox.push_now(&session.connected());
     }
 
     let now = Instant::now();
@@ -56,39 +67,40 @@ pub fn serve(socket: TcpStream, leftover: Vec<u8>, transport: Transport, shared:
         deadline: now + config.idle_timeout,
         ping_interval: config.ping_interval,
         next_ping: now + config.ping_interval,
+        closed_by_us: false,
     };
     let mut ws =
         WebSocket::from_partially_read(stream, leftover, Role::Server, Some(shared.ws_config));
-    match transport {
-        Transport::Native => read_native(&mut ws, &mut session),
-        Transport::SocketIo => crate::socketio::read_loop(&mut ws, &mut session, &connected),
-    }
-    shared.registry.disconnect(id);
-    shared.metrics.release();
-    info!("client {id} disconnected");
-    if session.closed_by_us {
-        linger(&ws.get_ref().socket);
+    read_loop(&mut ws, &mut codec, &mut session, config.idle_timeout);
+    drop((membership, admission));
+    let stream = ws.get_ref();
+    if stream.closed_by_us {
+        linger(&stream.socket);
     }
 }
 
-/// Reads native frames until the connection ends.
-fn read_native(ws: &mut WebSocket<ClientStream>, session: &mut Session) {
-    while let Some(message) = next_message(ws, session) {
-        match message {
-            Message::Text(text) => session.on_text(&text),
-            Message::Binary(_) => {
-                session.take_token();
-                session.reject(Rejection::new(
-                    ErrorCode::BadRequest,
-                    "binary frames are not supported",
-                ));
-            }
+/// The one read loop: frames in, decoded by the client's codec, handled by
+/// its session, until the connection ends.
+fn read_loop(
+    ws: &mut WebSocket<ClientStream>,
+    codec: &mut Codec,
+    session: &mut Session,
+    idle_timeout: Duration,
+) {
+    while let Some(message) = next_message(ws, session, idle_timeout) {
+        let inbound = match message {
+            Message::Text(text) => codec.decode(&text),
+            Message::Binary(_) => codec.decode_binary(),
             Message::Close(_) => {
                 // Pushes tungstenite's Close reply into the queue.
                 let _ = ws.flush();
                 return;
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+        };
+        if session.handle(inbound) == Flow::End {
+            // The client is done: answer with a Close, as for any close we start.
+            return ws.get_mut().close(1000, "client disconnected");
         }
     }
 }
@@ -96,8 +108,12 @@ fn read_native(ws: &mut WebSocket<ClientStream>, session: &mut Session) {
 /// The next message, or None when the connection is over: closed by the
 /// peer, broken, idle past the deadline, or in violation of RFC 6455 (then
 /// a Close with the RFC's code is queued first).
-pub fn next_message(ws: &mut WebSocket<ClientStream>, session: &mut Session) -> Option<Message> {
-    let idle_timeout = session.shared.config.idle_timeout;
+fn next_message(
+    ws: &mut WebSocket<ClientStream>,
+    session: &Session,
+    idle_timeout: Duration,
+) -> Option<Message> {
+    let id = session.id;
     loop {
         match ws.read() {
             Ok(message) => {
@@ -111,11 +127,8 @@ pub fn next_message(ws: &mut WebSocket<ClientStream>, session: &mut Session) -> 
                 ) =>
             {
                 if Instant::now() >= ws.get_ref().deadline {
-                    info!(
-                        "client {} idle for {idle_timeout:?}; dropping it",
-                        session.id
-                    );
-                    session.close(1001, "idle timeout");
+                    info!("client {id} idle for {idle_timeout:?}; dropping it");
+                    ws.get_mut().close(1001, "idle timeout");
                     return None;
                 }
             }
@@ -130,19 +143,16 @@ pub fn next_message(ws: &mut WebSocket<ClientStream>, session: &mut Session) -> 
                 };
                 match close {
                     Some((code, reason)) => {
-                        warn!("client {}: {e}; closing with {code}", session.id);
-                        session.close(code, reason);
+                        warn!("client {id}: {e}; closing with {code}");
+                        ws.get_mut().close(code, reason);
                     }
-                    None => debug!("client {}: connection ended: {e}", session.id),
+                    None => debug!("client {id}: connection ended: {e}"),
                 }
                 return None;
             }
         }
     }
 }
-
-/// How long a connection we closed may still send before we close the socket.
-const LINGER: Duration = Duration::from_secs(1);
 
 /// After a Close we started (1009, 1007, 1002, idle), reads and drops what
 /// the peer still sends, until it closes or `LINGER` passes. Closing a socket
@@ -169,12 +179,23 @@ fn linger(socket: &TcpStream) {
 /// deadline passes (which also stops a peer that trickles bytes). Writes
 /// (Pong and Close replies) go to the client's queue, so that only the
 /// writer touches the socket.
-pub struct ClientStream {
+struct ClientStream {
     socket: Arc<TcpStream>,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
     deadline: Instant,
     ping_interval: Duration,
     next_ping: Instant,
+    /// We queued a Close: the connection ends on our side.
+    closed_by_us: bool,
+}
+
+impl ClientStream {
+    /// Queues a Close with `code`: the connection ends after it.
+    fn close(&mut self, code: u16, reason: &str) {
+        self.outbox
+            .control(Outbound::Close(frame::close(code, reason)));
+        self.closed_by_us = true;
+    }
 }
 
 impl Read for ClientStream {
@@ -203,163 +224,5 @@ impl Write for ClientStream {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// A client's chat state as seen by its reader: checks each request in the
-/// protocol's order and hands it to the registry.
-pub struct Session {
-    pub id: ClientId,
-    pub outbox: Outbox,
-    pub shared: Arc<Shared>,
-    /// We queued a Close: the connection ends on our side.
-    closed_by_us: bool,
-    bucket: Option<TokenBucket>,
-}
-
-impl Session {
-    fn new(id: ClientId, outbox: Outbox, shared: Arc<Shared>) -> Session {
-        let bucket = shared
-            .config
-            .rate_limit
-            .0
-            .map(|rate| TokenBucket::new(rate, Instant::now()));
-        Session {
-            id,
-            outbox,
-            shared,
-            closed_by_us: false,
-            bucket,
-        }
-    }
-
-    /// Queues a Close with `code`: the connection ends after it.
-    pub fn close(&mut self, code: u16, reason: &str) {
-        self.outbox.control(Outbound::close(code, reason));
-        self.closed_by_us = true;
-    }
-
-    /// Every client data frame takes a token; false when none was left.
-    pub fn take_token(&mut self) -> bool {
-        self.shared.metrics.message_received();
-        self.bucket.as_mut().is_none_or(|b| b.take(Instant::now()))
-    }
-
-    /// A native text frame.
-    fn on_text(&mut self, text: &str) {
-        let allowed = self.take_token();
-        match protocol::parse_envelope(text) {
-            Ok(envelope) => self.on_envelope(envelope, allowed),
-            Err(rejection) => self.reject(rejection),
-        }
-    }
-
-    /// A request whose envelope is sound, from either transport.
-    pub fn on_envelope(&mut self, envelope: Envelope, allowed: bool) {
-        let Envelope { event, data, ack } = envelope;
-        if !allowed {
-            let limit = self.shared.config.rate_limit.0.unwrap_or_default();
-            let message =
-                format!("rate limit of {limit} frames per second exceeded; message dropped");
-            return self.reject(Rejection::new(ErrorCode::RateLimited, message).with_ack(ack));
-        }
-        if !protocol::is_known_event(&event) {
-            let message = format!("unknown event {event:?}");
-            return self.reject(Rejection::new(ErrorCode::UnknownEvent, message).with_ack(ack));
-        }
-        let not_in_room = || {
-            Rejection::new(
-                ErrorCode::NotInRoom,
-                format!("{event} needs a room: join one first"),
-            )
-            .with_ack(ack)
-        };
-        let request = match protocol::parse_event(&event, data.as_ref()) {
-            Ok(request) => request,
-            Err(_) if ClientEvent::needs_room(&event) && !self.shared.registry.in_room(self.id) => {
-                return self.reject(not_in_room())
-            }
-            Err(rejection) => return self.reject(rejection.with_ack(ack)),
-        };
-        let registry = &self.shared.registry;
-        let done = match request {
-            ClientEvent::JoinRoom { username, room } => {
-                registry.join(self.id, &username, &room, ack);
-                Ok(())
-            }
-            ClientEvent::ChatMessage { text } => {
-                debug!("client {} says {text:?}", self.id);
-                registry.chat(self.id, &text, ack).map(drop)
-            }
-            ClientEvent::Typing { typing } => registry.typing(self.id, typing, ack),
-            ClientEvent::LeaveRoom => registry.leave(self.id, ack),
-        };
-        if done.is_err() {
-            self.reject(not_in_room());
-        }
-    }
-
-    /// Answers a bad request with an `error` event.
-    pub fn reject(&self, rejection: Rejection) {
-        debug!(
-            "client {}: {} ({})",
-            self.id,
-            rejection.code.as_str(),
-            rejection.message
-        );
-        self.shared.metrics.error_sent(rejection.code);
-        self.outbox
-            .push_now(&Outgoing::new("error", &rejection.data(), rejection.ack));
-    }
-}
-
-/// The rate limit: `rate` tokens a second into a bucket of `2 × rate`, full at the start.
-#[derive(Debug)]
-struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, now: Instant) -> TokenBucket {
-        TokenBucket {
-            rate: f64::from(rate),
-            tokens: 2.0 * f64::from(rate),
-            last: now,
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(2.0 * self.rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn bucket_starts_full_at_twice_the_rate_and_refills() {
-        let t0 = Instant::now();
-        let mut bucket = TokenBucket::new(5, t0);
-        assert_eq!((0..12).filter(|_| bucket.take(t0)).count(), 10);
-        assert!(!bucket.take(t0 + Duration::from_millis(100)));
-        assert!(bucket.take(t0 + Duration::from_millis(300)));
-        let later = t0 + Duration::from_secs(60);
-        assert_eq!(
-            (0..30).filter(|_| bucket.take(later)).count(),
-            10,
-            "capped at 2 x rate"
-        );
     }
 }

@@ -12,7 +12,8 @@ use log::{debug, warn};
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, StatusCode};
 
-use crate::server::Shared;
+use crate::config::Origins;
+use crate::shared::Shared;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/www.rs"));
@@ -22,7 +23,7 @@ type Body = Cursor<Cow<'static, [u8]>>;
 
 /// Where the client's files come from.
 #[derive(Debug, Clone)]
-pub enum Assets {
+pub(crate) enum Assets {
     /// Compiled into the binary from `www/` (see `build.rs`).
     Embedded,
     /// Read from this folder (canonical path) on every request.
@@ -50,20 +51,62 @@ impl Assets {
     }
 }
 
+/// What the HTTP thread needs besides the shared state.
+pub(crate) struct Site {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) assets: Assets,
+    /// Origins allowed for CORS.
+    pub(crate) origins: Origins,
+    /// The WebSocket port actually bound, for `/config.json`.
+    pub(crate) ws_port: u16,
+}
+
+/// What a path names.
+#[derive(Debug)]
+enum Route {
+    Healthz,
+    Config,
+    Rooms,
+    Metrics,
+    /// A file of the client: its checked relative path, and its bytes.
+    File(String, Cow<'static, [u8]>),
+}
+
+impl Route {
+    /// The route for `path`, if it names one (a file only if it exists).
+    fn find(path: &str, assets: &Assets) -> Option<Route> {
+        let route = match path {
+            "/healthz" => Route::Healthz,
+            "/config.json" => Route::Config,
+            "/api/rooms" => Route::Rooms,
+            "/metrics" => Route::Metrics,
+            _ => {
+                let rel = relative_path(path)?;
+                let bytes = assets.get(&rel)?;
+                Route::File(rel, bytes)
+            }
+        };
+        Some(route)
+    }
+}
+
 /// Answers requests until the server is unblocked by `shutdown`.
-pub fn run(server: Arc<tiny_http::Server>, shared: Arc<Shared>) {
+pub(crate) fn run(server: Arc<tiny_http::Server>, site: Site) {
     for request in server.incoming_requests() {
-        respond(request, &shared);
+        respond(request, &site);
     }
     debug!("http loop stopped");
 }
 
-fn respond(request: Request, shared: &Shared) {
+fn respond(request: Request, site: &Site) {
     let path = request_path(request.url()).to_owned();
-    let origin = header(&request, "Origin").filter(|o| shared.origins.allows(o));
+    let origin = header(&request, "Origin").filter(|o| site.origins.allows(o));
     let mut response = match request.method() {
-        Method::Get | Method::Head => route(&path, shared),
-        Method::Options => preflight(&request, &path, origin.as_deref(), shared),
+        Method::Get | Method::Head => match Route::find(&path, &site.assets) {
+            Some(route) => answer(route, site),
+            None => plain(404, "not found"),
+        },
+        Method::Options => preflight(&request, &path, origin.as_deref(), site),
         _ => plain(405, "method not allowed").with_header(h("Allow", "GET, HEAD, OPTIONS")),
     };
     response.add_header(h("Vary", "Origin"));
@@ -114,14 +157,15 @@ fn request_path(target: &str) -> &str {
     }
 }
 
-fn route(path: &str, shared: &Shared) -> Response<Body> {
-    match path {
-        "/healthz" => body(200, "text/plain", b"ok".to_vec()),
-        "/config.json" => {
-            let config = json!({"wsPort": shared.ws_port, "wsPath": "/ws"});
+fn answer(route: Route, site: &Site) -> Response<Body> {
+    let shared = &site.shared;
+    match route {
+        Route::Healthz => body(200, "text/plain", b"ok".to_vec()),
+        Route::Config => {
+            let config = json!({"wsPort": site.ws_port, "wsPath": "/ws"});
             body(200, "application/json", config.to_string().into_bytes())
         }
-        "/api/rooms" => {
+        Route::Rooms => {
             let rooms: Vec<_> = shared
                 .registry
                 .rooms()
@@ -134,50 +178,39 @@ fn route(path: &str, shared: &Shared) -> Response<Body> {
                 json!({ "rooms": rooms }).to_string().into_bytes(),
             )
         }
-        "/metrics" => body(
+        Route::Metrics => body(
             200,
             "text/plain; version=0.0.4",
             shared.metrics.render().into_bytes(),
         ),
-        _ => match static_file(path, &shared.assets) {
-            Some((content_type, bytes)) => {
-                let len = bytes.len();
-                let mut response = Response::new(
-                    StatusCode(200),
-                    Vec::new(),
-                    Cursor::new(bytes),
-                    Some(len),
-                    None,
-                )
-                .with_header(h("Content-Type", content_type))
-                .with_header(h("Cache-Control", "no-cache"))
-                .with_header(h("X-Content-Type-Options", "nosniff"));
-                if content_type.starts_with("text/html") {
-                    response.add_header(h(
-                        "Content-Security-Policy",
-                        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
-                         object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
-                    ));
-                }
-                response
+        Route::File(rel, bytes) => {
+            let content_type = content_type(&rel);
+            let len = bytes.len();
+            let mut response = Response::new(
+                StatusCode(200),
+                Vec::new(),
+                Cursor::new(bytes),
+                Some(len),
+                None,
+            )
+            .with_header(h("Content-Type", content_type))
+            .with_header(h("Cache-Control", "no-cache"))
+            .with_header(h("X-Content-Type-Options", "nosniff"));
+            if content_type.starts_with("text/html") {
+                response.add_header(h(
+                    "Content-Security-Policy",
+                    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
+                     object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+                ));
             }
-            None => plain(404, "not found"),
-        },
+            response
+        }
     }
 }
 
 /// CORS preflight: 204 on a known path; the grant only for an allowed origin.
-fn preflight(
-    request: &Request,
-    path: &str,
-    origin: Option<&str>,
-    shared: &Shared,
-) -> Response<Body> {
-    let known = matches!(
-        path,
-        "/healthz" | "/config.json" | "/api/rooms" | "/metrics"
-    ) || static_file(path, &shared.assets).is_some();
-    if !known {
+fn preflight(request: &Request, path: &str, origin: Option<&str>, site: &Site) -> Response<Body> {
+    if Route::find(path, &site.assets).is_none() {
         return plain(404, "not found");
     }
     let mut response = body(204, "text/plain; charset=utf-8", Vec::new());
@@ -193,13 +226,7 @@ fn preflight(
 
 /// Maps a URL path onto a client file: `/` is `index.html`; percent-escapes
 /// are decoded first, then any `.`, `..` or empty segment (a folder) is refused.
-fn static_file(path: &str, assets: &Assets) -> Option<(&'static str, Cow<'static, [u8]>)> {
-    let rel = relative_path(path)?;
-    let bytes = assets.get(&rel)?;
-    Some((content_type(&rel), bytes))
-}
-
-pub fn relative_path(path: &str) -> Option<String> {
+fn relative_path(path: &str) -> Option<String> {
     let path = path.strip_prefix('/')?;
     let path = if path.is_empty() { "index.html" } else { path };
     let decoded = String::from_utf8(percent_decode(path)?).ok()?;

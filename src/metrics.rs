@@ -18,44 +18,40 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts a new connection unless `max` are open already.
-    pub fn try_admit(&self, max: usize) -> bool {
+    pub(crate) fn try_admit(&self, max: usize) -> bool {
         self.connections
             .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
             .is_ok()
     }
 
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         self.connections.fetch_sub(1, Relaxed);
     }
 
-    pub fn connections(&self) -> usize {
-        self.connections.load(Relaxed)
-    }
-
-    pub fn set_rooms(&self, rooms: usize) {
+    pub(crate) fn set_rooms(&self, rooms: usize) {
         self.rooms.store(rooms, Relaxed);
     }
 
-    pub fn message_received(&self) {
+    pub(crate) fn message_received(&self) {
         self.messages_received.fetch_add(1, Relaxed);
     }
 
-    pub fn add_frames_sent(&self, frames: u64) {
+    pub(crate) fn add_frames_sent(&self, frames: u64) {
         if frames > 0 {
             self.frames_sent.fetch_add(frames, Relaxed);
         }
     }
 
-    pub fn slow_consumer_disconnect(&self) {
+    pub(crate) fn slow_consumer_disconnect(&self) {
         self.slow_consumer_disconnects.fetch_add(1, Relaxed);
     }
 
-    pub fn error_sent(&self, code: ErrorCode) {
+    pub(crate) fn error_sent(&self, code: ErrorCode) {
         self.errors[code as usize].fetch_add(1, Relaxed);
     }
 
     /// The Prometheus text exposition format, version 0.0.4.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(1024);
         let mut series = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = write!(

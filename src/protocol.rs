@@ -16,12 +16,49 @@ pub const MAX_TEXT_CHARS: usize = 2000;
 pub const MAX_ACK: u64 = (1 << 53) - 1;
 
 /// A client frame whose envelope is sound: `event` is a string and `ack`,
-/// if present, is valid. What `data` holds is checked later, by [`parse_event`].
+/// if present, is valid. What `data` holds is checked later, by [`ClientEvent::parse`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     pub event: String,
     pub data: Option<Value>,
     pub ack: Option<u64>,
+}
+
+/// The events a client may send: the one list of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventName {
+    JoinRoom,
+    ChatMessage,
+    Typing,
+    LeaveRoom,
+}
+
+impl EventName {
+    pub const ALL: [EventName; 4] = [
+        EventName::JoinRoom,
+        EventName::ChatMessage,
+        EventName::Typing,
+        EventName::LeaveRoom,
+    ];
+
+    /// The event a client names, if it is one it may send.
+    pub fn parse(name: &str) -> Option<EventName> {
+        EventName::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventName::JoinRoom => "joinRoom",
+            EventName::ChatMessage => "chatMessage",
+            EventName::Typing => "typing",
+            EventName::LeaveRoom => "leaveRoom",
+        }
+    }
+
+    /// Whether the event only makes sense inside a room (`not_in_room` otherwise).
+    pub fn needs_room(self) -> bool {
+        !matches!(self, EventName::JoinRoom)
+    }
 }
 
 /// What a client asked for, validated.
@@ -34,9 +71,30 @@ pub enum ClientEvent {
 }
 
 impl ClientEvent {
-    /// Whether the event only makes sense inside a room (`not_in_room` otherwise).
-    pub fn needs_room(name: &str) -> bool {
-        matches!(name, "chatMessage" | "typing" | "leaveRoom")
+    /// Checks an event's data. Call after the `unknown_event` and
+    /// `not_in_room` checks, which depend on the connection's state.
+    pub fn parse(name: EventName, data: Option<&Value>) -> Result<ClientEvent, Rejection> {
+        match name {
+            EventName::JoinRoom => {
+                let data = object(data)?;
+                let username = name_field(data, "username", MAX_USERNAME_CHARS)?;
+                let room = name_field(data, "room", MAX_ROOM_CHARS)?;
+                Ok(ClientEvent::JoinRoom { username, room })
+            }
+            EventName::ChatMessage => {
+                let text = match object(data)?.get("text") {
+                    Some(Value::String(text)) => text,
+                    _ => return Err(Rejection::invalid("text", "text must be a string")),
+                };
+                check_text(text)?;
+                Ok(ClientEvent::ChatMessage { text: text.clone() })
+            }
+            EventName::Typing => match object(data)?.get("typing") {
+                Some(&Value::Bool(typing)) => Ok(ClientEvent::Typing { typing }),
+                _ => Err(Rejection::invalid("typing", "typing must be true or false")),
+            },
+            EventName::LeaveRoom => Ok(ClientEvent::LeaveRoom),
+        }
     }
 }
 
@@ -156,41 +214,6 @@ pub fn parse_ack(value: &Value) -> Option<u64> {
     .filter(|&n| n <= MAX_ACK)
 }
 
-/// Whether `name` is an event a client may send.
-pub fn is_known_event(name: &str) -> bool {
-    matches!(name, "joinRoom" | "chatMessage" | "typing" | "leaveRoom")
-}
-
-/// Checks an event's data. Call after the `unknown_event` and `not_in_room`
-/// checks, which depend on the connection's state.
-pub fn parse_event(event: &str, data: Option<&Value>) -> Result<ClientEvent, Rejection> {
-    match event {
-        "joinRoom" => {
-            let data = object(data)?;
-            let username = name_field(data, "username", MAX_USERNAME_CHARS)?;
-            let room = name_field(data, "room", MAX_ROOM_CHARS)?;
-            Ok(ClientEvent::JoinRoom { username, room })
-        }
-        "chatMessage" => {
-            let text = match object(data)?.get("text") {
-                Some(Value::String(text)) => text,
-                _ => return Err(Rejection::invalid("text", "text must be a string")),
-            };
-            check_text(text)?;
-            Ok(ClientEvent::ChatMessage { text: text.clone() })
-        }
-        "typing" => match object(data)?.get("typing") {
-            Some(&Value::Bool(typing)) => Ok(ClientEvent::Typing { typing }),
-            _ => Err(Rejection::invalid("typing", "typing must be true or false")),
-        },
-        "leaveRoom" => Ok(ClientEvent::LeaveRoom),
-        other => Err(Rejection::new(
-            ErrorCode::UnknownEvent,
-            format!("unknown event {other:?}"),
-        )),
-    }
-}
-
 fn object(data: Option<&Value>) -> Result<&Map<String, Value>, Rejection> {
     match data {
         Some(Value::Object(map)) => Ok(map),
@@ -260,63 +283,63 @@ fn check_text(text: &str) -> Result<(), Rejection> {
 
 /// `{"id", "username"}`: one entry of `joined.users`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct UserInfo {
-    pub id: String,
-    pub username: String,
+pub(crate) struct UserInfo {
+    pub(crate) id: String,
+    pub(crate) username: String,
 }
 
 /// `chatMessage` data, also what `joined.history` holds.
 #[derive(Debug, Clone, Serialize)]
-pub struct ChatMessageData<'a> {
-    pub room: &'a str,
-    pub seq: u64,
-    pub id: &'a str,
-    pub username: &'a str,
-    pub text: &'a str,
-    pub ts: u64,
+pub(crate) struct ChatMessageData<'a> {
+    pub(crate) room: &'a str,
+    pub(crate) seq: u64,
+    pub(crate) id: &'a str,
+    pub(crate) username: &'a str,
+    pub(crate) text: &'a str,
+    pub(crate) ts: u64,
 }
 
 /// `userJoined` and `userLeft` data.
 #[derive(Debug, Clone, Serialize)]
-pub struct PresenceData<'a> {
-    pub room: &'a str,
-    pub id: &'a str,
-    pub username: &'a str,
+pub(crate) struct PresenceData<'a> {
+    pub(crate) room: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) username: &'a str,
 }
 
 /// `typing` data.
 #[derive(Debug, Clone, Serialize)]
-pub struct TypingData<'a> {
-    pub room: &'a str,
-    pub id: &'a str,
-    pub username: &'a str,
-    pub typing: bool,
+pub(crate) struct TypingData<'a> {
+    pub(crate) room: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) username: &'a str,
+    pub(crate) typing: bool,
 }
 
 /// `joined` data. History entries are kept pre-encoded, see `rooms::Room`.
 #[derive(Debug, Serialize)]
-pub struct JoinedData<'a> {
-    pub room: &'a str,
-    pub username: &'a str,
-    pub id: &'a str,
-    pub users: Vec<UserInfo>,
-    pub history: Vec<&'a serde_json::value::RawValue>,
+pub(crate) struct JoinedData<'a> {
+    pub(crate) room: &'a str,
+    pub(crate) username: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) users: Vec<UserInfo>,
+    pub(crate) history: Vec<&'a serde_json::value::RawValue>,
 }
 
 /// `connected` data.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ConnectedData<'a> {
-    pub id: &'a str,
-    pub limits: Limits,
+pub(crate) struct ConnectedData<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) limits: Limits,
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Limits {
-    pub max_message_bytes: usize,
-    pub max_text_chars: usize,
-    pub rate_limit: Option<u32>,
+pub(crate) struct Limits {
+    pub(crate) max_message_bytes: usize,
+    pub(crate) max_text_chars: usize,
+    pub(crate) rate_limit: Option<u32>,
 }
 
 /// `error` data.
@@ -345,6 +368,10 @@ mod tests {
 
     fn reject(text: &str) -> Rejection {
         parse_envelope(text).unwrap_err()
+    }
+
+    fn parse_event(name: &str, data: Option<&Value>) -> Result<ClientEvent, Rejection> {
+        ClientEvent::parse(EventName::parse(name).expect("a known event"), data)
     }
 
     #[test]
@@ -455,9 +482,11 @@ mod tests {
     }
 
     #[test]
-    fn unknown_events_are_named() {
-        let r = parse_event("dance", None).unwrap_err();
-        assert_eq!(r.code, ErrorCode::UnknownEvent);
-        assert!(!is_known_event("dance") && is_known_event("joinRoom"));
+    fn event_names_are_one_list() {
+        assert_eq!(EventName::parse("dance"), None);
+        for name in EventName::ALL {
+            assert_eq!(EventName::parse(name.as_str()), Some(name));
+        }
+        assert!(!EventName::JoinRoom.needs_room() && EventName::Typing.needs_room());
     }
 }

@@ -1,19 +1,23 @@
 //! The room registry: who is connected, who is in which room, each room's
-//! `seq` and history. One mutex guards it all; under it we only assign
-//! numbers and push shared, already-encoded events onto channels, never
-//! touch a socket. Pushing under the lock is what gives every member of a
-//! room the same order.
+//! `seq` and history. One mutex guards it all. Under it we only assign
+//! numbers and queue shared, already-built events into members' mailboxes;
+//! pushing under the lock is what gives every member of a room the same
+//! order. Nothing under the lock blocks, logs or touches a socket: what a
+//! push leaves to do (a write, a slow consumer to cut off) is done by
+//! [`Mailbox::wake`] once the lock is released.
+//!
+//! The registry knows its members only as [`Mailbox`]es, so it is a plain
+//! state machine: its tests and fuzz target drive it without sockets.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::info;
 use serde_json::json;
 
+use crate::codec::Outgoing;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbound, Outbox, Outgoing, Overflow, WriterStart};
 use crate::protocol::{ChatMessageData, JoinedData, PresenceData, TypingData, UserInfo};
 
 /// A connection's identity, unique for the life of the process.
@@ -30,6 +34,27 @@ impl fmt::Display for ClientId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotInRoom;
 
+/// A member's queue is past its bounds: the member is a slow consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+/// How the registry reaches a client: its outbound queue. The server's is
+/// `outbox::Outbox`; tests and the fuzz target use a plain channel.
+pub trait Mailbox: Send + Sync {
+    /// Queues `event`. Called under the registry lock, so it must not
+    /// block, log or do I/O. `Ok(true)` asks for [`Mailbox::wake`] once the
+    /// lock is released; `Err(Overflow)` drops the event, and the registry
+    /// takes the client out of its room (and wakes the mailbox too).
+    fn push(&self, event: &Arc<Outgoing>) -> Result<bool, Overflow>;
+    /// Does what the pushes left to do (write, or cut off a slow consumer).
+    /// Called with no lock held.
+    fn wake(&self);
+    /// Shutdown: queues a Close with `code` and `reason`.
+    fn close(&self, code: u16, reason: &str);
+    /// Shutdown: ends the connection now.
+    fn abort(&self);
+}
+
 pub struct Registry {
     inner: Mutex<Inner>,
     /// Signalled whenever a client goes, for `wait_empty`.
@@ -45,7 +70,7 @@ struct Inner {
 }
 
 struct Client {
-    outbox: Outbox,
+    mailbox: Arc<dyn Mailbox>,
     /// The room this client is in, if any; its name there is in the room's member list.
     room: Option<String>,
 }
@@ -59,46 +84,72 @@ struct Room {
     history: VecDeque<Arc<Outgoing>>,
 }
 
-/// What the pushes of one operation left to do once the lock is released.
+struct Member {
+    id: ClientId,
+    username: String,
+    mailbox: Arc<dyn Mailbox>,
+}
+
+/// What the pushes of one operation left to do.
 #[derive(Default)]
 struct Delivery {
     /// Slow consumers to take out of their rooms (still under the lock).
     evicted: Vec<ClientId>,
-    /// Writer threads to start (after the lock).
-    writers: Vec<WriterStart>,
+    /// Mailboxes to wake once the lock is released.
+    wake: Vec<Arc<dyn Mailbox>>,
 }
 
 impl Delivery {
-    fn push(&mut self, id: ClientId, outbox: &Outbox, event: &Arc<Outgoing>) {
-        match outbox.push(event) {
-            Ok(None) => {}
-            Ok(Some(writer)) => self.writers.push(writer),
-            Err(Overflow) => self.evicted.push(id),
+    fn push(&mut self, id: ClientId, mailbox: &Arc<dyn Mailbox>, event: &Arc<Outgoing>) {
+        match mailbox.push(event) {
+            Ok(false) => {}
+            Ok(true) => self.wake.push(Arc::clone(mailbox)),
+            Err(Overflow) => {
+                self.evicted.push(id);
+                self.wake.push(Arc::clone(mailbox));
+            }
         }
     }
 }
 
-struct Member {
-    id: ClientId,
-    username: String,
-    outbox: Outbox,
-}
-
 impl Room {
-    fn position(&self, id: ClientId) -> usize {
+    fn member_mut(&mut self, id: ClientId) -> &mut Member {
         self.members
-            .iter()
-            .position(|m| m.id == id)
+            .iter_mut()
+            .find(|m| m.id == id)
             .expect("a client's room lists it as a member")
+    }
+
+    fn username(&self, id: ClientId) -> &str {
+        let member = self.members.iter().find(|m| m.id == id);
+        &member
+            .expect("a client's room lists it as a member")
+            .username
     }
 
     /// Queues `event` for every member but `except`.
     fn send_all(&self, event: &Arc<Outgoing>, except: Option<ClientId>, d: &mut Delivery) {
         for member in &self.members {
             if Some(member.id) != except {
-                d.push(member.id, &member.outbox, event);
+                d.push(member.id, &member.mailbox, event);
             }
         }
+    }
+
+    /// The `joined` answer for `id`: everyone here, and the history.
+    fn joined(&self, name: &str, id: ClientId, username: &str) -> Arc<Outgoing> {
+        let users = self.members.iter().map(|m| UserInfo {
+            id: m.id.to_string(),
+            username: m.username.clone(),
+        });
+        let data = JoinedData {
+            room: name,
+            username,
+            id: &id.to_string(),
+            users: users.collect(),
+            history: self.history.iter().map(|m| &*m.data).collect(),
+        };
+        Outgoing::new("joined", &data, None)
     }
 }
 
@@ -128,10 +179,14 @@ impl Registry {
     }
 
     /// Registers a connected client, not yet in a room.
-    pub fn connect(&self, id: ClientId, outbox: Outbox) {
-        self.lock()
-            .clients
-            .insert(id, Client { outbox, room: None });
+    pub fn connect(&self, id: ClientId, mailbox: Arc<dyn Mailbox>) {
+        self.lock().clients.insert(
+            id,
+            Client {
+                mailbox,
+                room: None,
+            },
+        );
     }
 
     /// Forgets a client, telling its room `userLeft`. Safe to call twice.
@@ -156,68 +211,16 @@ impl Registry {
     pub fn join(&self, id: ClientId, username: &str, room: &str, ack: Option<u64>) {
         let mut inner = self.lock();
         let mut d = Delivery::default();
-        let current = inner.clients.get(&id).and_then(|c| c.room.clone());
-        if current.as_deref() == Some(room) {
-            let members = &mut inner
-                .rooms
-                .get_mut(room)
-                .expect("the client's room exists")
-                .members;
-            let me = members
-                .iter_mut()
-                .find(|m| m.id == id)
-                .expect("member of its room");
-            if me.username != username {
-                let old = std::mem::replace(&mut me.username, username.to_owned());
-                let r = &inner.rooms[room];
-                let left = presence("userLeft", room, id, &old);
-                r.send_all(&left, Some(id), &mut d);
-                let joined = presence("userJoined", room, id, username);
-                r.send_all(&joined, Some(id), &mut d);
-            }
-        } else {
-            inner.leave_room(id, &mut d);
-            let Some(client) = inner.clients.get_mut(&id) else {
-                // Not registered (cannot happen: a reader joins only between
-                // its connect and disconnect); still deliver what leaving queued.
-                return self.finish(inner, d);
-            };
-            client.room = Some(room.to_owned());
-            let outbox = client.outbox.clone();
-            let r = inner.rooms.entry(room.to_owned()).or_default();
-            let event = presence("userJoined", room, id, username);
-            r.send_all(&event, None, &mut d);
-            r.members.push(Member {
-                id,
-                username: username.to_owned(),
-                outbox,
-            });
-            info!("client {id} joined {room:?} as {username:?}");
+        if inner.room_of(id).as_deref() == Some(room) {
+            inner.rename(id, room, username, &mut d);
+        } else if !inner.enter(id, room, username, &mut d) {
+            // Not registered (cannot happen: a reader joins only between
+            // its connect and disconnect); still deliver what leaving queued.
+            return self.finish(inner, d);
         }
-        let r = &inner.rooms[room];
-        let joined = JoinedData {
-            room,
-            username,
-            id: &id.to_string(),
-            users: r
-                .members
-                .iter()
-                .map(|m| UserInfo {
-                    id: m.id.to_string(),
-                    username: m.username.clone(),
-                })
-                .collect(),
-            history: r.history.iter().map(|m| &*m.data).collect(),
-        };
-        let joined = Outgoing::new("joined", &joined, None);
+        let joined = inner.rooms[room].joined(room, id, username);
         inner.send_to(id, &joined, &mut d);
-        if let Some(ack) = ack {
-            inner.send_to(
-                id,
-                &Outgoing::new("ack", &json!({"ok": true, "room": room}), Some(ack)),
-                &mut d,
-            );
-        }
+        inner.send_ack(id, ack, json!({"ok": true, "room": room}), &mut d);
         self.finish(inner, d);
     }
 
@@ -242,28 +245,27 @@ impl Registry {
         let mut d = Delivery::default();
         let room_name = inner.room_of(id).ok_or(NotInRoom)?;
         let limit = self.history_limit;
-        let r = inner
+        let room = inner
             .rooms
             .get_mut(&room_name)
             .expect("the client's room exists");
-        r.last_seq += 1;
-        let seq = r.last_seq;
-        let me = &r.members[r.position(id)];
+        room.last_seq += 1;
+        let seq = room.last_seq;
         let data = ChatMessageData {
             room: &room_name,
             seq,
             id: &id.to_string(),
-            username: &me.username,
+            username: room.username(id),
             text,
             ts: unix_millis(),
         };
         let event = Outgoing::new("chatMessage", &data, None);
-        r.send_all(&event, None, &mut d);
+        room.send_all(&event, None, &mut d);
         if limit > 0 {
-            if r.history.len() == limit {
-                r.history.pop_front();
+            if room.history.len() == limit {
+                room.history.pop_front();
             }
-            r.history.push_back(event);
+            room.history.push_back(event);
         }
         inner.send_ack(id, ack, json!({"ok": true, "seq": seq}), &mut d);
         self.finish(inner, d);
@@ -275,26 +277,17 @@ impl Registry {
         let inner = self.lock();
         let mut d = Delivery::default();
         let room_name = inner.room_of(id).ok_or(NotInRoom)?;
-        let r = &inner.rooms[&room_name];
-        let me = &r.members[r.position(id)];
+        let room = &inner.rooms[&room_name];
         let data = TypingData {
             room: &room_name,
             id: &id.to_string(),
-            username: &me.username,
+            username: room.username(id),
             typing,
         };
-        r.send_all(&Outgoing::new("typing", &data, None), Some(id), &mut d);
+        room.send_all(&Outgoing::new("typing", &data, None), Some(id), &mut d);
         inner.send_ack(id, ack, json!({"ok": true}), &mut d);
         self.finish(inner, d);
         Ok(())
-    }
-
-    /// Queues a personal event (an `error`, say) for one client.
-    pub fn send(&self, id: ClientId, event: &Arc<Outgoing>) {
-        let inner = self.lock();
-        let mut d = Delivery::default();
-        inner.send_to(id, event, &mut d);
-        self.finish(inner, d);
     }
 
     /// Rooms and their member counts, sorted by name (code-point order).
@@ -306,26 +299,29 @@ impl Registry {
             .collect()
     }
 
-    /// Shutdown: queues a Close with `code` for every client. The queues are
-    /// copied out first: queuing may start writer threads, not a thing to do
+    /// Shutdown: queues a Close with `code` for every client. The mailboxes
+    /// are copied out first: closing may start a writer, not a thing to do
     /// under the lock.
     pub fn close_all(&self, code: u16, reason: &str) {
-        let outboxes: Vec<Outbox> = self
-            .lock()
-            .clients
-            .values()
-            .map(|c| c.outbox.clone())
-            .collect();
-        for outbox in outboxes {
-            outbox.control(Outbound::close(code, reason));
+        for mailbox in self.mailboxes() {
+            mailbox.close(code, reason);
         }
     }
 
     /// Cuts every remaining connection at the socket.
     pub fn abort_all(&self) {
-        for client in self.lock().clients.values() {
-            client.outbox.abort();
+        for mailbox in self.mailboxes() {
+            mailbox.abort();
         }
+    }
+
+    fn mailboxes(&self) -> Vec<Arc<dyn Mailbox>> {
+        let inner = self.lock();
+        inner
+            .clients
+            .values()
+            .map(|c| Arc::clone(&c.mailbox))
+            .collect()
     }
 
     /// Waits until no client is registered, or until `timeout`. True if empty.
@@ -348,15 +344,15 @@ impl Registry {
 
     /// Ends an operation: takes slow consumers out of their rooms (their
     /// `userLeft` may find more), refreshes the rooms gauge, unlocks, and
-    /// only then starts the writer threads that the pushes found missing.
+    /// only then wakes the mailboxes that the pushes asked for.
     fn finish(&self, mut inner: MutexGuard<'_, Inner>, mut d: Delivery) {
         while let Some(id) = d.evicted.pop() {
             inner.leave_room(id, &mut d);
         }
         self.metrics.set_rooms(inner.rooms.len());
         drop(inner);
-        for writer in d.writers {
-            writer.start();
+        for mailbox in d.wake {
+            mailbox.wake();
         }
     }
 
@@ -374,14 +370,8 @@ impl Registry {
         }
         for (id, c) in &inner.clients {
             if let Some(room) = &c.room {
-                assert_eq!(
-                    inner.rooms[room]
-                        .members
-                        .iter()
-                        .filter(|m| m.id == *id)
-                        .count(),
-                    1
-                );
+                let entries = inner.rooms[room].members.iter().filter(|m| m.id == *id);
+                assert_eq!(entries.count(), 1);
             }
         }
     }
@@ -394,7 +384,7 @@ impl Inner {
 
     fn send_to(&self, id: ClientId, event: &Arc<Outgoing>, d: &mut Delivery) {
         if let Some(client) = self.clients.get(&id) {
-            d.push(id, &client.outbox, event);
+            d.push(id, &client.mailbox, event);
         }
     }
 
@@ -404,18 +394,49 @@ impl Inner {
         }
     }
 
+    /// A join of the room the client is already in: same membership; a new
+    /// name is told to the others as `userLeft` (old) then `userJoined` (new).
+    fn rename(&mut self, id: ClientId, room: &str, username: &str, d: &mut Delivery) {
+        let r = self.rooms.get_mut(room).expect("the client's room exists");
+        let me = r.member_mut(id);
+        if me.username == username {
+            return;
+        }
+        let old = std::mem::replace(&mut me.username, username.to_owned());
+        r.send_all(&presence("userLeft", room, id, &old), Some(id), d);
+        r.send_all(&presence("userJoined", room, id, username), Some(id), d);
+    }
+
+    /// Moves the client from its room (if any) into `room`, telling the
+    /// members there `userJoined`. False if the client is not registered.
+    fn enter(&mut self, id: ClientId, room: &str, username: &str, d: &mut Delivery) -> bool {
+        self.leave_room(id, d);
+        let Some(client) = self.clients.get_mut(&id) else {
+            return false;
+        };
+        client.room = Some(room.to_owned());
+        let mailbox = Arc::clone(&client.mailbox);
+        let r = self.rooms.entry(room.to_owned()).or_default();
+        r.send_all(&presence("userJoined", room, id, username), None, d);
+        r.members.push(Member {
+            id,
+            username: username.to_owned(),
+            mailbox,
+        });
+        true
+    }
+
     /// Takes the client out of its room, telling the others `userLeft`, and
     /// drops the room if it is now empty. Returns the room's name.
     fn leave_room(&mut self, id: ClientId, d: &mut Delivery) -> Option<String> {
         let name = self.clients.get_mut(&id)?.room.take()?;
         let room = self.rooms.get_mut(&name).expect("the client's room exists");
-        let member = room.members.remove(room.position(id));
-        info!("client {id} left {name:?}");
+        let at = room.members.iter().position(|m| m.id == id);
+        let member = room.members.remove(at.expect("a client's room lists it"));
         if room.members.is_empty() {
             self.rooms.remove(&name);
         } else {
-            let event = presence("userLeft", &name, id, &member.username);
-            room.send_all(&event, None, d);
+            room.send_all(&presence("userLeft", &name, id, &member.username), None, d);
         }
         Some(name)
     }
@@ -440,43 +461,41 @@ fn unix_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use crossbeam_channel::{Receiver, Sender};
 
-    /// A registry and `n` clients whose outboxes write to real (unread) sockets.
-    fn setup(
-        n: u64,
-    ) -> (
-        Registry,
-        Vec<crossbeam_channel::Receiver<Outbound>>,
-        Vec<TcpStream>,
-    ) {
-        let registry = Registry::new(2, Arc::new(Metrics::default()));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (mut receivers, mut peers) = (Vec::new(), Vec::new());
-        for i in 0..n {
-            peers.push(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
-            let socket = Arc::new(listener.accept().unwrap().0);
-            let (outbox, rx) = Outbox::detached(socket, Arc::new(Metrics::default()));
-            registry.connect(ClientId(i), outbox);
-            receivers.push(rx);
+    /// A mailbox that only records: the registry's view of a client, with no socket.
+    struct Recorder(Sender<Arc<Outgoing>>);
+
+    impl Mailbox for Recorder {
+        fn push(&self, event: &Arc<Outgoing>) -> Result<bool, Overflow> {
+            self.0.send(Arc::clone(event)).map_err(|_| Overflow)?;
+            Ok(false)
         }
-        (registry, receivers, peers)
+        fn wake(&self) {}
+        fn close(&self, _: u16, _: &str) {}
+        fn abort(&self) {}
     }
 
-    fn events(rx: &crossbeam_channel::Receiver<Outbound>) -> Vec<&'static str> {
-        rx.try_iter()
-            .filter_map(|o| match o {
-                Outbound::Event(e) => Some(e.name),
-                _ => None,
+    /// A registry (history 2) and `n` recorded clients.
+    fn setup(n: u64) -> (Registry, Vec<Receiver<Arc<Outgoing>>>) {
+        let registry = Registry::new(2, Arc::new(Metrics::default()));
+        let receivers = (0..n)
+            .map(|i| {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                registry.connect(ClientId(i), Arc::new(Recorder(tx)));
+                rx
             })
-            .collect()
+            .collect();
+        (registry, receivers)
     }
 
-    use std::net::TcpStream;
+    fn events(rx: &Receiver<Arc<Outgoing>>) -> Vec<&'static str> {
+        rx.try_iter().map(|e| e.name).collect()
+    }
 
     #[test]
     fn join_switch_leave_keep_the_invariants() {
-        let (registry, rx, _peers) = setup(3);
+        let (registry, rx) = setup(3);
         registry.join(ClientId(0), "a", "x", None);
         registry.join(ClientId(1), "b", "x", Some(1));
         registry.join(ClientId(2), "c", "y", None);
@@ -497,8 +516,23 @@ mod tests {
     }
 
     #[test]
+    fn a_rename_in_place_is_told_as_left_then_joined() {
+        let (registry, rx) = setup(2);
+        registry.join(ClientId(0), "a", "x", None);
+        registry.join(ClientId(1), "b", "x", None);
+        registry.join(ClientId(1), "b", "x", Some(5));
+        registry.join(ClientId(1), "bee", "x", None);
+        assert_eq!(
+            events(&rx[0]),
+            ["joined", "userJoined", "userLeft", "userJoined"]
+        );
+        assert_eq!(events(&rx[1]), ["joined", "joined", "ack", "joined"]);
+        assert_eq!(registry.rooms(), [("x".to_owned(), 2)]);
+    }
+
+    #[test]
     fn seq_rises_by_one_and_history_is_bounded() {
-        let (registry, _rx, _peers) = setup(1);
+        let (registry, _rx) = setup(1);
         assert_eq!(registry.chat(ClientId(0), "hi", None), Err(NotInRoom));
         registry.join(ClientId(0), "a", "x", None);
         let seqs: Vec<_> = (0..4)

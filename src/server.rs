@@ -5,19 +5,17 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use log::{info, warn};
-use tungstenite::protocol::WebSocketConfig;
 
+use crate::accept;
 use crate::config::{Config, Origins};
-use crate::http::Assets;
+use crate::http::{self, Assets};
 use crate::metrics::Metrics;
-use crate::rooms::{ClientId, Registry};
-use crate::{accept, http};
+use crate::shared::Shared;
 
 /// How long shutdown waits for clients to answer their Close before cutting them off.
 const CLOSE_GRACE: Duration = Duration::from_millis(1000);
@@ -31,36 +29,6 @@ const MAPS_PER_CLIENT: usize = 8;
 const LISTEN_BACKLOG: i32 = 1024;
 /// Maps kept for everything else: the binary, libraries, heaps, listeners.
 const MAPS_RESERVED: usize = 2048;
-
-/// What every thread of the server shares.
-pub struct Shared {
-    pub config: Config,
-    /// `--max-connections`, lowered if the kernel's memory-map limit could
-    /// not hold that many clients (see `connection_budget`).
-    pub max_connections: usize,
-    pub registry: Registry,
-    pub metrics: Arc<Metrics>,
-    /// Origins allowed for CORS on the HTTP port.
-    pub origins: Origins,
-    /// Origins allowed to open a WebSocket (see `Config::handshake_origins_for`).
-    pub handshake_origins: Origins,
-    pub assets: Assets,
-    /// The WebSocket port actually bound, for `/config.json`.
-    pub ws_port: u16,
-    pub ws_config: WebSocketConfig,
-    next_id: AtomicU64,
-    stopping: AtomicBool,
-}
-
-impl Shared {
-    pub fn next_client_id(&self) -> ClientId {
-        ClientId(self.next_id.fetch_add(1, Ordering::Relaxed))
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed)
-    }
-}
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -115,63 +83,22 @@ pub struct Server {
 impl Server {
     /// Binds both listeners and starts serving.
     pub fn start(config: Config) -> Result<Server, StartError> {
-        let assets = match &config.www {
-            None => Assets::Embedded,
-            Some(dir) => {
-                let root = dir.canonicalize().map_err(|source| StartError::Www {
-                    path: dir.clone(),
-                    source,
-                })?;
-                if !root.is_dir() {
-                    let source = io::Error::new(io::ErrorKind::NotADirectory, "not a folder");
-                    return Err(StartError::Www {
-                        path: dir.clone(),
-                        source,
-                    });
-                }
-                Assets::Dir(root)
-            }
-        };
-        let bind = |what, port| {
-            let addr = format!("{}:{port}", crate::config::bracket_ipv6(&config.host));
-            listen(&config.host, port).map_err(|source| StartError::Bind { what, addr, source })
-        };
-        let http_listener = bind("HTTP", config.http_port)?;
-        let ws_listener = bind("WebSocket", config.ws_port)?;
-        let local = |l: &TcpListener, what| {
-            l.local_addr().map_err(|source| StartError::Bind {
-                what,
-                addr: config.host.clone(),
-                source,
-            })
-        };
-        let http_addr = local(&http_listener, "HTTP")?;
-        let ws_addr = local(&ws_listener, "WebSocket")?;
+        let assets = open_assets(&config)?;
+        let (http_listener, http_addr) = bind(&config, "HTTP", config.http_port)?;
+        let (ws_listener, ws_addr) = bind(&config, "WebSocket", config.ws_port)?;
 
         let metrics = Arc::new(Metrics::default());
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(512)
-            .write_buffer_size(0)
-            .max_message_size(Some(config.max_message_bytes))
-            .max_frame_size(Some(config.max_message_bytes));
         let max_connections = connection_budget(config.max_connections);
-        let shared = Arc::new(Shared {
-            max_connections,
-            registry: Registry::new(config.history, Arc::clone(&metrics)),
-            metrics,
-            origins: Origins::new(config.origins_for(http_addr.port())),
-            handshake_origins: Origins::new(
-                config.handshake_origins_for(http_addr.port(), ws_addr.port()),
-            ),
-            assets,
-            ws_port: ws_addr.port(),
-            ws_config,
-            next_id: AtomicU64::new(1),
-            stopping: AtomicBool::new(false),
+        let origins = Origins::new(config.origins_for(http_addr.port()));
+        let handshake_origins =
+            Origins::new(config.handshake_origins_for(http_addr.port(), ws_addr.port()));
+        let head_timeout = config.handshake_timeout;
+        let shared = Arc::new(Shared::new(
             config,
-        });
-
-        shared.registry.reserve_clients(max_connections);
+            max_connections,
+            metrics,
+            handshake_origins,
+        ));
         let http = Arc::new(
             tiny_http::Server::from_listener_with_limits(
                 http_listener,
@@ -179,21 +106,21 @@ impl Server {
                 tiny_http::HeadLimits {
                     max_head_bytes: accept::MAX_HEAD_BYTES,
                     max_headers: accept::MAX_HEADERS,
-                    head_timeout: Some(shared.config.handshake_timeout),
+                    head_timeout: Some(head_timeout),
                 },
             )
             .map_err(|e| StartError::Spawn(io::Error::other(e.to_string())))?,
         );
-        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
-            thread::Builder::new()
-                .name(name.into())
-                .spawn(body)
-                .map_err(StartError::Spawn)
+        let site = http::Site {
+            shared: Arc::clone(&shared),
+            assets,
+            origins,
+            ws_port: ws_addr.port(),
         };
-        let (h, s) = (Arc::clone(&http), Arc::clone(&shared));
-        let http_thread = spawn("http", Box::new(move || http::run(h, s)))?;
+        let h = Arc::clone(&http);
+        let http_thread = spawn("http", move || http::run(h, site))?;
         let s = Arc::clone(&shared);
-        let accept_thread = spawn("ws-accept", Box::new(move || accept::run(ws_listener, s)))?;
+        let accept_thread = spawn("ws-accept", move || accept::run(ws_listener, s))?;
         info!("http on {http_addr}, websocket on {ws_addr}");
         Ok(Server {
             http_addr,
@@ -229,7 +156,7 @@ impl Server {
     }
 
     fn stop(&mut self) {
-        if self.shared.stopping.swap(true, Ordering::SeqCst) {
+        if !self.shared.stop() {
             return;
         }
         info!("shutting down");
@@ -255,6 +182,49 @@ impl Server {
         }
         info!("stopped");
     }
+}
+
+/// Where the client's files come from: `--www`, checked to be a folder, or
+/// the copy built into the binary.
+fn open_assets(config: &Config) -> Result<Assets, StartError> {
+    let Some(dir) = &config.www else {
+        return Ok(Assets::Embedded);
+    };
+    let error = |source| StartError::Www {
+        path: dir.clone(),
+        source,
+    };
+    let root = dir.canonicalize().map_err(error)?;
+    if !root.is_dir() {
+        return Err(error(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a folder",
+        )));
+    }
+    Ok(Assets::Dir(root))
+}
+
+/// Binds one listener and reads back the address it got.
+fn bind(
+    config: &Config,
+    what: &'static str,
+    port: u16,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let error = |source| StartError::Bind {
+        what,
+        addr: format!("{}:{port}", crate::config::bracket_ipv6(&config.host)),
+        source,
+    };
+    let listener = listen(&config.host, port).map_err(error)?;
+    let addr = listener.local_addr().map_err(error)?;
+    Ok((listener, addr))
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartError> {
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map_err(StartError::Spawn)
 }
 
 /// Binds with a listen queue of `LISTEN_BACKLOG`. std's `TcpListener::bind`

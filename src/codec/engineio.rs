@@ -1,112 +1,103 @@
-//! The Socket.IO v4 codec (Engine.IO 4 over WebSocket only): turns packets
-//! into the same requests the native decoder produces, and server events
-//! into packets. The chat logic and the room registry never see it.
+//! Engine.IO 4 + Socket.IO 4, as a codec: packets in, the same requests the
+//! native decoder produces out; server events in, packets out. The chat
+//! logic never sees this format.
 //!
-//! Engine.IO packet types: `0` open, `1` close, `2` ping, `3` pong, `4` message.
-//! A message carries a Socket.IO packet: `0` CONNECT, `1` DISCONNECT,
-//! `2` EVENT, `3` ACK, `4` CONNECT_ERROR, `5`/`6` binary EVENT/ACK.
+//! Engine.IO packet types: `0` open, `1` close, `2` ping, `3` pong,
+//! `4` message, `5` upgrade, `6` noop. A message carries a Socket.IO packet:
+//! `0` CONNECT, `1` DISCONNECT, `2` EVENT, `3` ACK, `4` CONNECT_ERROR,
+//! `5`/`6` binary EVENT/ACK.
 
-use std::sync::Arc;
+use std::time::Duration;
 
-use log::debug;
 use serde_json::{json, Value};
-use tungstenite::protocol::WebSocket;
-use tungstenite::Message;
 
-use crate::config::Config;
-use crate::connection::{self, ClientStream, Session};
-use crate::outbox::{text_frame, Outbound, Outbox, Outgoing};
+use super::{Inbound, Outgoing};
 use crate::protocol::{self, Envelope, ErrorCode, Rejection};
-use crate::rooms::ClientId;
 
-/// Sends the Engine.IO open packet, the first frame on the connection.
-pub fn open(outbox: &Outbox, id: &ClientId, config: &Config) {
-    let ping_interval = config.ping_interval.as_millis() as u64;
-    let idle = config.idle_timeout.as_millis() as u64;
-    // The client gives up when no ping came for pingInterval + pingTimeout;
-    // we give up on it after the idle timeout. Make the two agree.
-    let ping_timeout = idle.saturating_sub(ping_interval).max(1000);
-    let open = json!({
-        "sid": id.to_string(),
-        "upgrades": [],
-        "pingInterval": ping_interval,
-        "pingTimeout": ping_timeout,
-        "maxPayload": config.max_message_bytes,
-    });
-    outbox.control(Outbound::Raw(text_frame(format!("0{open}").as_bytes())));
+/// Engine.IO's ping packet, which the server sends on every ping interval.
+pub(crate) const PING: &str = "2";
+
+/// One client's decoder: it remembers whether the client has joined the
+/// main namespace, before which no event is accepted.
+#[derive(Debug)]
+pub(crate) struct Decoder {
+    sid: String,
+    connected: bool,
+}
+
+impl Decoder {
+    pub(crate) fn new(sid: String) -> Decoder {
+        Decoder {
+            sid,
+            connected: false,
+        }
+    }
+
+    pub(crate) fn decode(&mut self, packet: &str) -> Inbound {
+        match engine_packet(packet) {
+            // The client is done.
+            Packet::Close | Packet::Disconnect => Inbound::Close,
+            // Pong, echoing any payload (`2probe` → `3probe`).
+            Packet::Ping(payload) => Inbound::Reply(format!("3{payload}")),
+            Packet::Ignore => Inbound::Ignore,
+            Packet::Connect(namespace) if namespace == "/" => {
+                if self.connected {
+                    return Inbound::Ignore;
+                }
+                self.connected = true;
+                Inbound::Connect(format!(r#"40{{"sid":"{}"}}"#, self.sid))
+            }
+            Packet::Connect(namespace) => {
+                let refusal = json!({"message": "Invalid namespace"});
+                Inbound::Reply(format!("44{namespace},{refusal}"))
+            }
+            Packet::Event(_) if !self.connected => Inbound::Request(Err(Rejection::new(
+                ErrorCode::BadRequest,
+                "connect to the main namespace (packet 40) first",
+            ))),
+            Packet::Event(parsed) => Inbound::Request(parsed),
+        }
+    }
+
+    /// A binary WebSocket frame: attachments are not supported.
+    pub(crate) fn decode_binary(&mut self) -> Inbound {
+        Inbound::Request(Err(Rejection::new(
+            ErrorCode::BadRequest,
+            "binary packets are not supported",
+        )))
+    }
 }
 
 /// The packet for a server event: `42["name",data]`, or `43<id>[data]` when
 /// it answers a request that asked for an acknowledgement.
-pub fn encode_event(event: &Outgoing) -> String {
+pub(crate) fn encode(event: &Outgoing) -> String {
     match event.ack {
         Some(ack) => format!("43{ack}[{}]", event.data.get()),
         None => format!(r#"42["{}",{}]"#, event.name, event.data.get()),
     }
 }
 
-/// Reads packets until the connection ends. `connected` is queued once the
-/// client has connected to the main namespace.
-pub fn read_loop(
-    ws: &mut WebSocket<ClientStream>,
-    session: &mut Session,
-    connected: &Arc<Outgoing>,
-) {
-    let mut joined_namespace = false;
-    while let Some(message) = connection::next_message(ws, session) {
-        let packet = match message {
-            Message::Text(text) => text,
-            Message::Binary(_) => {
-                session.take_token();
-                session.reject(Rejection::new(
-                    ErrorCode::BadRequest,
-                    "binary packets are not supported",
-                ));
-                continue;
-            }
-            Message::Close(_) => {
-                let _ = ws.flush();
-                return;
-            }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-        };
-        match engine_packet(&packet) {
-            // The client is done: answer with a WebSocket Close, as for any
-            // close we start.
-            Packet::Close | Packet::Disconnect => {
-                return session.close(1000, "client disconnected")
-            }
-            // Pong, echoing any payload (`2probe` → `3probe`).
-            Packet::Ping(payload) => send_raw(&session.outbox, &format!("3{payload}")),
-            Packet::Ignore => {}
-            Packet::Connect(namespace) if namespace == "/" => {
-                if !joined_namespace {
-                    joined_namespace = true;
-                    send_raw(&session.outbox, &format!(r#"40{{"sid":"{}"}}"#, session.id));
-                    session.outbox.push_now(connected);
-                }
-            }
-            Packet::Connect(namespace) => {
-                let refusal = json!({"message": "Invalid namespace"});
-                send_raw(&session.outbox, &format!("44{namespace},{refusal}"));
-            }
-            Packet::Event(parsed) => {
-                let allowed = session.take_token();
-                match parsed {
-                    _ if !joined_namespace => session.reject(Rejection::new(
-                        ErrorCode::BadRequest,
-                        "connect to the main namespace (packet 40) first",
-                    )),
-                    Ok(envelope) => session.on_envelope(envelope, allowed),
-                    Err(rejection) => session.reject(rejection),
-                }
-            }
-        }
-    }
-}
-
-fn send_raw(outbox: &Outbox, packet: &str) {
-    outbox.control(Outbound::Raw(text_frame(packet.as_bytes())));
+/// The open packet, the first thing a client reads. The client gives up
+/// when no ping came for `pingInterval + pingTimeout`; the server gives up
+/// on a silent client after its idle timeout, so the two are made to agree.
+pub(crate) fn open_packet(
+    sid: &str,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    max_payload: usize,
+) -> String {
+    let ping_interval = ping_interval.as_millis() as u64;
+    let ping_timeout = (idle_timeout.as_millis() as u64)
+        .saturating_sub(ping_interval)
+        .max(1000);
+    let open = json!({
+        "sid": sid,
+        "upgrades": [],
+        "pingInterval": ping_interval,
+        "pingTimeout": ping_timeout,
+        "maxPayload": max_payload,
+    });
+    format!("0{open}")
 }
 
 /// What one Engine.IO text packet asks for.
@@ -198,7 +189,7 @@ fn event(rest: &str) -> Result<Envelope, Rejection> {
             Rejection::new(ErrorCode::BadJson, "an event must be a JSON array").with_ack(ack),
         );
     };
-    if items.is_empty() || !items[0].is_string() {
+    if !items.first().is_some_and(Value::is_string) {
         return Err(Rejection::new(ErrorCode::BadRequest, "an event needs a name").with_ack(ack));
     }
     let mut data = (items.len() > 1).then(|| items.swap_remove(1));
@@ -209,7 +200,6 @@ fn event(rest: &str) -> Result<Envelope, Rejection> {
     if let (Some(Value::String(text)), "chatMessage") = (&data, event.as_str()) {
         data = Some(json!({ "text": text }));
     }
-    debug!("socket.io event {event:?}");
     Ok(Envelope { event, data, ack })
 }
 
@@ -263,10 +253,37 @@ mod tests {
     }
 
     #[test]
+    fn the_decoder_wants_the_main_namespace_first() {
+        let mut d = Decoder::new("7".into());
+        let refused =
+            |i: Inbound| matches!(i, Inbound::Request(Err(r)) if r.code == ErrorCode::BadRequest);
+        assert!(refused(d.decode(r#"42["leaveRoom"]"#)));
+        assert!(matches!(d.decode("40"), Inbound::Connect(reply) if reply == r#"40{"sid":"7"}"#));
+        assert!(matches!(d.decode("40"), Inbound::Ignore));
+        assert!(matches!(
+            d.decode(r#"42["leaveRoom"]"#),
+            Inbound::Request(Ok(_))
+        ));
+        assert!(matches!(d.decode("2probe"), Inbound::Reply(r) if r == "3probe"));
+        assert!(matches!(d.decode("40/admin,"), Inbound::Reply(r) if r.starts_with("44/admin,")));
+        assert!(matches!(d.decode("41"), Inbound::Close));
+        assert!(refused(d.decode_binary()));
+    }
+
+    #[test]
     fn server_events_encode_as_event_or_ack_packets() {
         let e = Outgoing::new("userLeft", &json!({"room": "r"}), None);
-        assert_eq!(encode_event(&e), r#"42["userLeft",{"room":"r"}]"#);
+        assert_eq!(encode(&e), r#"42["userLeft",{"room":"r"}]"#);
         let e = Outgoing::new("ack", &json!({"ok": true}), Some(4));
-        assert_eq!(encode_event(&e), r#"434[{"ok":true}]"#);
+        assert_eq!(encode(&e), r#"434[{"ok":true}]"#);
+    }
+
+    #[test]
+    fn the_open_packet_makes_both_sides_give_up_together() {
+        let open = open_packet("9", Duration::from_secs(25), Duration::from_secs(60), 100);
+        assert_eq!(
+            open,
+            r#"0{"maxPayload":100,"pingInterval":25000,"pingTimeout":35000,"sid":"9","upgrades":[]}"#
+        );
     }
 }

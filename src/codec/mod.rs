@@ -1,0 +1,162 @@
+//! Transports as codecs: how a client's text becomes requests, and how a
+//! server event becomes the bytes that client reads. Pure: no sockets, no
+//! threads; the connection layer does the I/O.
+//!
+//! - [`native`]: roomchat's JSON frames.
+//! - [`engineio`]: Engine.IO 4 + Socket.IO 4 packets.
+//! - [`frame`]: the WebSocket frames the server writes.
+//!
+//! A server event is an [`Outgoing`]: built once, shared by every
+//! recipient, and encoded at most once per [`Encoding`].
+
+pub(crate) mod engineio;
+pub(crate) mod frame;
+pub(crate) mod native;
+
+use std::sync::{Arc, OnceLock};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::protocol::{Envelope, Rejection};
+
+/// What one message from a client means, whatever its transport.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A chat request, or why it cannot be one. Every one takes a
+    /// rate-limit token, as every client data frame does.
+    Request(Result<Envelope, Rejection>),
+    /// A transport packet to answer with at once (Engine.IO's pong, a
+    /// refused namespace); not a chat event.
+    Reply(String),
+    /// The client joined Socket.IO's main namespace: answer with this
+    /// packet, then send `connected`.
+    Connect(String),
+    /// The client ends the session.
+    Close,
+    /// Nothing to do.
+    Ignore,
+}
+
+/// A client's decoder: the transport it speaks, and that transport's state.
+#[derive(Debug)]
+pub(crate) enum Codec {
+    Native,
+    EngineIo(engineio::Decoder),
+}
+
+impl Codec {
+    /// A fresh decoder for a client speaking `encoding`, whose Engine.IO
+    /// session id (if it needs one) is `sid`.
+    pub(crate) fn new(encoding: Encoding, sid: &str) -> Codec {
+        match encoding {
+            Encoding::Native => Codec::Native,
+            Encoding::EngineIo => Codec::EngineIo(engineio::Decoder::new(sid.to_owned())),
+        }
+    }
+
+    /// One text message (a WebSocket text frame, or one polling packet).
+    pub(crate) fn decode(&mut self, text: &str) -> Inbound {
+        match self {
+            Codec::Native => native::decode(text),
+            Codec::EngineIo(decoder) => decoder.decode(text),
+        }
+    }
+
+    /// A binary WebSocket frame, which neither transport accepts.
+    pub(crate) fn decode_binary(&mut self) -> Inbound {
+        match self {
+            Codec::Native => Inbound::Request(Err(Rejection::new(
+                crate::protocol::ErrorCode::BadRequest,
+                "binary frames are not supported",
+            ))),
+            Codec::EngineIo(decoder) => decoder.decode_binary(),
+        }
+    }
+}
+
+/// How a server event is put on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    /// `{"event": …, "data": …}` in a WebSocket text frame.
+    Native,
+    /// A Socket.IO packet in an Engine.IO message, in a WebSocket text frame.
+    EngineIo,
+}
+
+/// One server event: a name and its data, plus the `ack` it answers.
+/// Built once and shared (an `Arc`) by every recipient; the WebSocket frame
+/// for each encoding is made by the first writer that needs it, then reused.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub(crate) name: &'static str,
+    pub(crate) data: Box<RawValue>,
+    pub(crate) ack: Option<u64>,
+    frames: [OnceLock<Box<[u8]>>; 2],
+}
+
+impl Outgoing {
+    pub(crate) fn new<T: Serialize + ?Sized>(
+        name: &'static str,
+        data: &T,
+        ack: Option<u64>,
+    ) -> Arc<Outgoing> {
+        let data = serde_json::value::to_raw_value(data)
+            .expect("event data is plain JSON and always serializes");
+        Arc::new(Outgoing {
+            name,
+            data,
+            ack,
+            frames: Default::default(),
+        })
+    }
+
+    /// The event's name, as the protocol spells it.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The event's `data`, as JSON text.
+    pub fn data(&self) -> &str {
+        self.data.get()
+    }
+
+    /// The `ack` this event answers, if it is an answer.
+    pub fn ack(&self) -> Option<u64> {
+        self.ack
+    }
+
+    /// The complete WebSocket frame in `encoding`.
+    pub(crate) fn frame(&self, encoding: Encoding) -> &[u8] {
+        self.frames[encoding as usize].get_or_init(|| {
+            let text = match encoding {
+                Encoding::Native => native::encode(self),
+                Encoding::EngineIo => engineio::encode(self),
+            };
+            frame::text(text.as_bytes())
+        })
+    }
+
+    /// A size for queue accounting, known before any encoding.
+    pub(crate) fn weight(&self) -> usize {
+        self.data.get().len() + 48
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn each_encoding_is_made_once_and_framed() {
+        let ev = Outgoing::new("ack", &json!({"ok": true}), Some(7));
+        let native = ev.frame(Encoding::Native);
+        assert_eq!(
+            &native[2..],
+            br#"{"event":"ack","ack":7,"data":{"ok":true}}"#
+        );
+        assert!(std::ptr::eq(native, ev.frame(Encoding::Native)));
+        assert_eq!(&ev.frame(Encoding::EngineIo)[2..], br#"437[{"ok":true}]"#);
+    }
+}

@@ -1,0 +1,220 @@
+//! One client's chat session, whatever its transport: takes what the codec
+//! decoded, checks each request in the protocol's order (rate limit, event,
+//! room, fields) and hands it to the registry. It never touches a socket;
+//! its answers go through the client's outbox.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use log::{debug, info};
+
+use crate::codec::{Inbound, Outgoing};
+use crate::outbox::{Outbound, Outbox};
+use crate::protocol::{
+    self, ClientEvent, ConnectedData, Envelope, ErrorCode, EventName, Limits, Rejection,
+};
+use crate::rooms::{ClientId, Mailbox};
+use crate::shared::Shared;
+
+/// What the connection does after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    /// The client said goodbye (Engine.IO close, Socket.IO disconnect).
+    End,
+}
+
+pub(crate) struct Session {
+    pub(crate) id: ClientId,
+    outbox: Arc<Outbox>,
+    shared: Arc<Shared>,
+    bucket: Option<TokenBucket>,
+}
+
+impl Session {
+    pub(crate) fn new(id: ClientId, outbox: Arc<Outbox>, shared: Arc<Shared>) -> Session {
+        let bucket = shared
+            .config
+            .rate_limit
+            .0
+            .map(|rate| TokenBucket::new(rate, Instant::now()));
+        Session {
+            id,
+            outbox,
+            shared,
+            bucket,
+        }
+    }
+
+    /// The `connected` event: the client's id and the limits it must keep.
+    pub(crate) fn connected(&self) -> Arc<Outgoing> {
+        let config = &self.shared.config;
+        let data = ConnectedData {
+            id: &self.id.to_string(),
+            limits: Limits {
+                max_message_bytes: config.max_message_bytes,
+                max_text_chars: protocol::MAX_TEXT_CHARS,
+                rate_limit: config.rate_limit.0,
+            },
+        };
+        Outgoing::new("connected", &data, None)
+    }
+
+    /// Acts on one decoded message.
+    pub(crate) fn handle(&mut self, inbound: Inbound) -> Flow {
+        match inbound {
+            Inbound::Request(request) => {
+                // Every client data frame takes a token, even a bad one.
+                self.shared.metrics.message_received();
+                let allowed = self.take_token();
+                match request {
+                    Ok(envelope) => self.on_envelope(envelope, allowed),
+                    Err(rejection) => self.reject(rejection),
+                }
+            }
+            Inbound::Reply(packet) => self.outbox.control(Outbound::Packet(packet.into())),
+            Inbound::Connect(packet) => {
+                self.outbox.control(Outbound::Packet(packet.into()));
+                self.outbox.push_now(&self.connected());
+            }
+            Inbound::Close => return Flow::End,
+            Inbound::Ignore => {}
+        }
+        Flow::Continue
+    }
+
+    /// False when the rate limit's bucket is empty.
+    fn take_token(&mut self) -> bool {
+        self.bucket.as_mut().is_none_or(|b| b.take(Instant::now()))
+    }
+
+    /// A request whose envelope is sound: the checks after `bad_json` and
+    /// `bad_request`, in the protocol's order, then the registry.
+    fn on_envelope(&mut self, envelope: Envelope, allowed: bool) {
+        let Envelope { event, data, ack } = envelope;
+        if !allowed {
+            let limit = self.shared.config.rate_limit.0.unwrap_or_default();
+            let message =
+                format!("rate limit of {limit} frames per second exceeded; message dropped");
+            return self.reject(Rejection::new(ErrorCode::RateLimited, message).with_ack(ack));
+        }
+        let Some(name) = EventName::parse(&event) else {
+            let message = format!("unknown event {event:?}");
+            return self.reject(Rejection::new(ErrorCode::UnknownEvent, message).with_ack(ack));
+        };
+        let not_in_room = || {
+            let message = format!("{event} needs a room: join one first");
+            Rejection::new(ErrorCode::NotInRoom, message).with_ack(ack)
+        };
+        let request = match ClientEvent::parse(name, data.as_ref()) {
+            Ok(request) => request,
+            // `not_in_room` comes before `invalid_field`; asked only when
+            // the fields are bad, as the registry checks it for good ones.
+            Err(_) if name.needs_room() && !self.shared.registry.in_room(self.id) => {
+                return self.reject(not_in_room())
+            }
+            Err(rejection) => return self.reject(rejection.with_ack(ack)),
+        };
+        let registry = &self.shared.registry;
+        let done = match request {
+            ClientEvent::JoinRoom { username, room } => {
+                registry.join(self.id, &username, &room, ack);
+                info!("client {} joined {room:?} as {username:?}", self.id);
+                Ok(())
+            }
+            ClientEvent::ChatMessage { text } => {
+                debug!("client {} says {text:?}", self.id);
+                registry.chat(self.id, &text, ack).map(drop)
+            }
+            ClientEvent::Typing { typing } => registry.typing(self.id, typing, ack),
+            ClientEvent::LeaveRoom => registry.leave(self.id, ack),
+        };
+        if done.is_err() {
+            self.reject(not_in_room());
+        }
+    }
+
+    /// Answers a bad request with an `error` event.
+    pub(crate) fn reject(&self, rejection: Rejection) {
+        let (code, message) = (rejection.code.as_str(), &rejection.message);
+        debug!("client {}: {code} ({message})", self.id);
+        self.shared.metrics.error_sent(rejection.code);
+        let error = Outgoing::new("error", &rejection.data(), rejection.ack);
+        self.outbox.push_now(&error);
+    }
+}
+
+/// A client that leaves its room when dropped: whatever way its connection
+/// ends, a panic included, the room hears `userLeft` and forgets it.
+pub(crate) struct Membership {
+    id: ClientId,
+    shared: Arc<Shared>,
+}
+
+impl Membership {
+    pub(crate) fn register(id: ClientId, mailbox: Arc<dyn Mailbox>, shared: &Arc<Shared>) -> Self {
+        shared.registry.connect(id, mailbox);
+        Membership {
+            id,
+            shared: Arc::clone(shared),
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.shared.registry.disconnect(self.id);
+        info!("client {} disconnected", self.id);
+    }
+}
+
+/// The rate limit: `rate` tokens a second into a bucket of `2 × rate`, full at the start.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(rate),
+            tokens: 2.0 * f64::from(rate),
+            last: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(2.0 * self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_starts_full_at_twice_the_rate_and_refills() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(5, t0);
+        assert_eq!((0..12).filter(|_| bucket.take(t0)).count(), 10);
+        assert!(!bucket.take(t0 + Duration::from_millis(100)));
+        assert!(bucket.take(t0 + Duration::from_millis(300)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(
+            (0..30).filter(|_| bucket.take(later)).count(),
+            10,
+            "capped at 2 x rate"
+        );
+    }
+}
