@@ -1,8 +1,11 @@
-//! The WebSocket listener: accepts TCP connections, gives each a thread,
-//! and on it reads and checks the HTTP upgrade request (path, Origin,
-//! capacity, deadline) before handing the socket to `connection::serve`.
+//! Both listeners. Every accepted socket takes a place among the server's
+//! sockets before it gets a thread: past the capacity it is closed at once,
+//! so a peer opening sockets cannot make the server take threads. The
+//! thread reads request heads (limits, deadline) and sends each where it
+//! belongs: a WebSocket upgrade to `connection` (this thread becomes the
+//! client's reader), an Engine.IO long-polling request to `polling`, and,
+//! on the HTTP port, anything else to the answering thread in `http`.
 
-use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread;
@@ -14,273 +17,313 @@ use tungstenite::handshake::derive_accept_key;
 use crate::codec::Encoding;
 use crate::config::Origins;
 use crate::connection;
+use crate::http::Desk;
+use crate::httpconn::{answer, header, plain, Answer, Body, Conn, Head, HeadError};
+use crate::polling::Polling;
 use crate::shared::Shared;
 
-/// Largest request head we read; past it the answer is 431.
-pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Most header fields in a request head; past it the answer is 431.
-pub(crate) const MAX_HEADERS: usize = 100;
 /// Stack for a connection's thread, which reads and parses its frames.
 /// Only the pages touched count in RSS; serde_json may recurse 128 levels
 /// deep on hostile input, which needs room in debug builds.
 const READER_STACK: usize = 512 * 1024;
 
+/// Which listener a socket came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Port {
+    /// The page, the small endpoints, and (v2) WebSocket and long-polling.
+    Http,
+    /// WebSocket handshakes only.
+    WebSocket,
+}
+
+/// What the connection threads hand requests to.
+pub(crate) struct Front {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) desk: Desk,
+    pub(crate) polling: Arc<Polling>,
+}
+
 /// Accepts until the server stops. Each connection gets its own thread.
-pub(crate) fn run(listener: TcpListener, shared: Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stopping() {
+pub(crate) fn run(listener: TcpListener, port: Port, front: Arc<Front>) {
+    let mut refused = Throttle::new(Duration::from_secs(10));
+    for socket in listener.incoming() {
+        if front.shared.stopping() {
             break;
         }
-        let stream = match stream {
-            Ok(stream) => stream,
+        let socket = match socket {
+            Ok(socket) => Arc::new(socket),
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.
-                warn!("websocket accept failed: {e}");
+                warn!("{port:?} accept failed: {e}");
                 thread::sleep(Duration::from_millis(20));
                 continue;
             }
         };
         let accepted = Instant::now();
-        let shared = Arc::clone(&shared);
+        let Some(slot) = front.shared.sockets.take(&socket) else {
+            // At capacity: no thread, no read, no answer; the peer sees the close.
+            if let Some(count) = refused.tick() {
+                warn!("{count} connections refused: every socket is taken");
+            }
+            continue;
+        };
+        let front = Arc::clone(&front);
         let spawned = thread::Builder::new()
-            .name("ws-conn".into())
+            .name("conn".into())
             .stack_size(READER_STACK)
-            .spawn(move || handle(stream, accepted, &shared));
+            .spawn(move || {
+                let _slot = slot;
+                serve(socket, accepted, port, &front);
+            });
         if let Err(e) = spawned {
             warn!("cannot start a connection thread: {e}");
         }
     }
-    debug!("websocket accept loop stopped");
+    debug!("{port:?} accept loop stopped");
 }
 
-/// What the handshake decided.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    /// `/` and `/ws` speak roomchat's JSON frames; `/socket.io/`, Engine.IO.
-    Upgrade {
-        encoding: Encoding,
-        accept_key: String,
-    },
-    Refuse(Refusal),
+/// Counts events and says when to log them: at most once per period.
+struct Throttle {
+    period: Duration,
+    last: Option<Instant>,
+    count: u64,
 }
 
-/// An HTTP error answer on the WebSocket port.
-#[derive(Debug, PartialEq, Eq)]
-struct Refusal {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Refusal {
-    fn text(status: u16, body: &str) -> Refusal {
-        Refusal {
-            status,
-            headers: Vec::new(),
-            content_type: "text/plain; charset=utf-8",
-            body: format!("{body}\n"),
+impl Throttle {
+    fn new(period: Duration) -> Throttle {
+        Throttle {
+            period,
+            last: None,
+            count: 0,
         }
     }
 
-    fn header(mut self, name: &'static str, value: &str) -> Refusal {
-        self.headers.push((name, value.to_owned()));
-        self
-    }
-
-    /// Engine.IO's error answer: HTTP 400 with `{"code": n, "message": "..."}`.
-    fn engine_io(code: u8, message: &str) -> Refusal {
-        Refusal {
-            status: 400,
-            headers: Vec::new(),
-            content_type: "application/json",
-            body: format!(r#"{{"code":{code},"message":"{message}"}}"#),
+    /// Counts one event; the count so far when it is time to log.
+    fn tick(&mut self) -> Option<u64> {
+        self.count += 1;
+        let now = Instant::now();
+        if self.last.is_some_and(|at| now < at + self.period) {
+            return None;
         }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
     }
 }
 
-fn handle(mut stream: TcpStream, accepted: Instant, shared: &Arc<Shared>) {
-    let deadline = accepted + shared.config.handshake_timeout;
-    let (head, leftover) = match read_head(&mut stream, deadline) {
-        Ok(parts) => parts,
-        Err(HeadError::TooLarge) => {
-            return refuse(&mut stream, Refusal::text(431, "request head too large"))
+/// One socket, on its own thread: request after request until one ends the
+/// connection. Each head must be complete by its deadline: `accepted` plus
+/// the handshake timeout for the first, the end of the previous answer
+/// plus that timeout for the next.
+fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) {
+    let shared = &front.shared;
+    let timeout = shared.config.handshake_timeout;
+    let mut conn = Conn::new(socket);
+    let mut deadline = accepted + timeout;
+    loop {
+        let head = match conn.read_head(deadline) {
+            Ok(head) => head,
+            Err(e) => return refuse_head(&mut conn, e, answer_deadline(shared)),
+        };
+        let origins = &shared.handshake_origins;
+        let keep_going = match route(&head, port, origins) {
+            Route::Upgrade {
+                encoding,
+                accept_key,
+                sid,
+            } => return upgrade(conn, encoding, &accept_key, sid, deadline, front),
+            Route::Polling => front.polling.serve(&mut conn, &head),
+            Route::Page => page(&mut conn, head, front),
+            Route::Refuse(refusal) => {
+                refusal.send(&mut conn, answer_deadline(shared));
+                false
+            }
+        };
+        if !keep_going {
+            return;
         }
-        Err(HeadError::Timeout) => {
-            return refuse(
-                &mut stream,
-                Refusal::text(408, "request head not complete in time"),
-            )
+        deadline = Instant::now() + timeout;
+    }
+}
+
+/// How long writing one answer may take: a peer that does not read holds
+/// its own thread this long, and nobody else.
+pub(crate) fn answer_deadline(shared: &Shared) -> Instant {
+    Instant::now() + shared.config.idle_timeout
+}
+
+/// A head that could not be read gets the status that says why, where the
+/// peer may still be listening, and the connection ends.
+fn refuse_head(conn: &mut Conn, error: HeadError, deadline: Instant) {
+    let refusal = match error {
+        HeadError::TooLarge => Refusal::text(431, "request head too large"),
+        HeadError::Timeout { partial: true } => {
+            Refusal::text(408, "request head not complete in time")
         }
-        Err(HeadError::Io(e)) => return debug!("handshake read failed: {e}"),
+        HeadError::Version => Refusal::text(505, "HTTP/1.0 and HTTP/1.1 only"),
+        HeadError::Malformed => Refusal::text(400, "malformed request"),
+        // Nothing was sent, or the peer is gone: nobody to tell. (A client
+        // about to reuse an idle connection would take a 408 for its answer.)
+        HeadError::Timeout { partial: false } | HeadError::Closed => return,
     };
-    let (encoding, accept_key) = match decide(&head, &shared.handshake_origins) {
-        Verdict::Refuse(refusal) => return refuse(&mut stream, refusal),
-        Verdict::Upgrade {
-            encoding,
-            accept_key,
-        } => (encoding, accept_key),
-    };
+    refusal.send(conn, deadline);
+}
+
+/// A request for the answering thread. A body we do not read ends the
+/// connection after the answer: its bytes are never read as a request.
+fn page(conn: &mut Conn, head: Head, front: &Front) -> bool {
+    let shared = &front.shared;
+    let keep = head.keep_alive() && head.body() == Body::None && !shared.stopping();
+    let (version, head_only) = (head.version(), head.method == "HEAD");
+    let answer = front
+        .desk
+        .ask(head)
+        .unwrap_or_else(|| plain(503, "server is shutting down"));
+    let sent = conn.send(answer, version, head_only, answer_deadline(shared));
+    if sent.is_err() || !keep {
+        conn.close();
+        return false;
+    }
+    true
+}
+
+/// A handshake that passed its checks: a new client, or (with `sid`) a
+/// long-polling client moving to WebSocket.
+fn upgrade(
+    mut conn: Conn,
+    encoding: Encoding,
+    accept_key: &str,
+    sid: Option<String>,
+    deadline: Instant,
+    front: &Front,
+) {
+    let shared = &front.shared;
+    if let Some(sid) = sid {
+        return front.polling.upgrade(conn, &sid, accept_key, deadline);
+    }
     if shared.stopping() {
-        return refuse(&mut stream, Refusal::text(503, "server is shutting down"));
+        let refusal = Refusal::text(503, "server is shutting down");
+        return refusal.send(&mut conn, answer_deadline(shared));
     }
     let Some(admission) = shared.admit() else {
-        return refuse(&mut stream, Refusal::text(503, "too many connections"));
+        let refusal = Refusal::text(503, "too many connections");
+        return refusal.send(&mut conn, answer_deadline(shared));
     };
+    if let Err(e) = switch_protocols(&conn, accept_key, deadline) {
+        return debug!("handshake answer failed: {e}");
+    }
+    connection::serve(conn.socket, conn.pending, encoding, admission, shared);
+}
+
+/// Writes the 101 answer that makes the connection a WebSocket.
+pub(crate) fn switch_protocols(
+    conn: &Conn,
+    accept_key: &str,
+    deadline: Instant,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let left = deadline.saturating_duration_since(Instant::now());
+    conn.socket
+        .set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
     );
-    let _ = stream.set_write_timeout(Some(remaining(deadline)));
-    if let Err(e) = stream.write_all(response.as_bytes()) {
-        return debug!("handshake answer failed: {e}");
-    }
-    connection::serve(stream, leftover, encoding, admission, shared);
+    (&*conn.socket).write_all(response.as_bytes())
 }
 
-#[derive(Debug)]
-enum HeadError {
-    TooLarge,
-    Timeout,
-    Io(io::Error),
+/// Where a request goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// A WebSocket handshake that passed every check. `/ws` (and `/` on
+    /// the WebSocket port) speaks roomchat's frames; `/socket.io/`,
+    /// Engine.IO, and with a `sid` it upgrades a long-polling session.
+    Upgrade {
+        encoding: Encoding,
+        accept_key: String,
+        sid: Option<String>,
+    },
+    /// Engine.IO long-polling (HTTP port).
+    Polling,
+    /// Everything else on the HTTP port: the answering thread's.
+    Page,
+    Refuse(Refusal),
 }
 
-/// Reads up to the end of the request head (`\r\n\r\n`), within
-/// `MAX_HEAD_BYTES` and before `deadline`. Returns the head and whatever
-/// was read past it.
-fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<(Vec<u8>, Vec<u8>), HeadError> {
-    // On the heap, not the stack: a stack page touched here stays resident
-    // for the life of the connection.
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        let left = remaining(deadline);
-        if left.is_zero() {
-            return Err(HeadError::Timeout);
-        }
-        stream.set_read_timeout(Some(left)).map_err(HeadError::Io)?;
-        let filled = buf.len();
-        buf.resize(filled + 1024, 0);
-        let n = match stream.read(&mut buf[filled..]) {
-            Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => n,
-            Err(e) if retry(&e) => 0,
-            Err(e) => return Err(HeadError::Io(e)),
-        };
-        buf.truncate(filled + n);
-        let searched = filled.saturating_sub(3);
-        if let Some(end) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
-            let end = searched + end + 4;
-            if end > MAX_HEAD_BYTES {
-                return Err(HeadError::TooLarge);
-            }
-            let leftover = buf.split_off(end);
-            return Ok((buf, leftover));
-        }
-        if buf.len() > MAX_HEAD_BYTES {
-            return Err(HeadError::TooLarge);
-        }
-    }
-}
-
-/// A read that timed out or was interrupted: try again while time is left.
-fn retry(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-    )
-}
-
-fn remaining(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
-
-/// Checks a complete request head, in order: parse, path, Socket.IO
-/// parameters, upgrade headers, Origin, WebSocket version and key.
-fn decide(head: &[u8], origins: &Origins) -> Verdict {
-    // Room for exactly the lines the head has (the request line counts as
-    // one spare), so the common small head costs a small allocation.
-    let lines = head.windows(2).filter(|w| w == b"\r\n").count();
-    if lines > MAX_HEADERS + 2 {
-        return Verdict::Refuse(Refusal::text(431, "too many header fields"));
-    }
-    let mut headers = vec![httparse::EMPTY_HEADER; lines.min(MAX_HEADERS)];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Err(httparse::Error::TooManyHeaders) => {
-            return Verdict::Refuse(Refusal::text(431, "too many header fields"))
-        }
-        _ => return Verdict::Refuse(Refusal::text(400, "malformed request")),
-    }
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
+/// Decides where a complete request head goes, checking a handshake in
+/// order: path, Socket.IO parameters, upgrade headers, Origin, WebSocket
+/// version and key.
+fn route(head: &Head, port: Port, origins: &Origins) -> Route {
+    let path = head.path();
+    let encoding = match (path, port) {
+        ("/ws", _) | ("/", Port::WebSocket) => Encoding::Native,
+        ("/socket.io/", _) => match engine_io_transport(head, port) {
+            Ok(Transport::Polling) => return Route::Polling,
+            Ok(Transport::Preflight) => return Route::Page,
+            Ok(Transport::WebSocket) => Encoding::EngineIo,
+            Err(refusal) => return Route::Refuse(refusal),
+        },
+        (_, Port::Http) => return Route::Page,
+        (_, Port::WebSocket) => return Route::Refuse(Refusal::text(404, "not found")),
     };
-    let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    let target = request.path.unwrap_or("/");
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let is_upgrade = request.method == Some("GET")
-        && has_token("Upgrade", "websocket")
-        && has_token("Connection", "upgrade");
-
-    let encoding = match path {
-        "/" | "/ws" => Encoding::Native,
-        "/socket.io/" => {
-            let param = |key: &str| {
-                query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-            };
-            // In engine.io's own order: transport, method, upgrade, version.
-            if param("transport") != Some("websocket") {
-                return Verdict::Refuse(Refusal::engine_io(0, "Transport unknown"));
-            }
-            if request.method != Some("GET") {
-                return Verdict::Refuse(Refusal::engine_io(2, "Bad handshake method"));
-            }
-            if !is_upgrade {
-                return Verdict::Refuse(Refusal::engine_io(3, "Bad request"));
-            }
-            if param("EIO") != Some("4") {
-                return Verdict::Refuse(Refusal::engine_io(5, "Unsupported protocol version"));
-            }
-            Encoding::EngineIo
-        }
-        _ => return Verdict::Refuse(Refusal::text(404, "not found")),
-    };
-    if !is_upgrade {
-        return Verdict::Refuse(
-            Refusal::text(
-                426,
-                "this port speaks WebSocket; the page is on the HTTP port",
-            )
-            .header("Upgrade", "websocket")
-            .header("Sec-WebSocket-Version", "13"),
+    if !head.is_upgrade() {
+        return Route::Refuse(
+            Refusal::text(426, "this path speaks WebSocket only")
+                .header("Upgrade", "websocket")
+                .header("Sec-WebSocket-Version", "13"),
         );
     }
-    if let Some(origin) = header("Origin") {
+    if let Some(origin) = head.header("Origin") {
         if !origins.allows(origin) {
-            return Verdict::Refuse(Refusal::text(403, "origin not allowed"));
+            return Route::Refuse(Refusal::text(403, "origin not allowed"));
         }
     }
-    if header("Sec-WebSocket-Version").map(str::trim) != Some("13") {
-        return Verdict::Refuse(
+    if head.header("Sec-WebSocket-Version") != Some("13") {
+        return Route::Refuse(
             Refusal::text(426, "unsupported WebSocket version")
                 .header("Sec-WebSocket-Version", "13"),
         );
     }
-    match header("Sec-WebSocket-Key").map(str::trim) {
-        Some(key) if valid_key(key) => Verdict::Upgrade {
+    match head.header("Sec-WebSocket-Key") {
+        Some(key) if valid_key(key) => Route::Upgrade {
             encoding,
             accept_key: derive_accept_key(key.as_bytes()),
+            sid: head.param("sid").map(str::to_owned),
         },
-        _ => Verdict::Refuse(Refusal::text(400, "missing or malformed Sec-WebSocket-Key")),
+        _ => Route::Refuse(Refusal::text(400, "missing or malformed Sec-WebSocket-Key")),
     }
+}
+
+enum Transport {
+    Polling,
+    WebSocket,
+    /// A CORS preflight, which the answering thread takes.
+    Preflight,
+}
+
+/// The Engine.IO transport a `/socket.io/` request asks for, checked in
+/// engine.io's own order: transport, method, upgrade, version. Long-polling
+/// is the HTTP port's (its own checks are in `polling`); the WebSocket port
+/// knows no polling session.
+fn engine_io_transport(head: &Head, port: Port) -> Result<Transport, Refusal> {
+    match (head.param("transport"), port) {
+        (_, Port::Http) if head.method == "OPTIONS" => return Ok(Transport::Preflight),
+        (Some("polling"), Port::Http) => return Ok(Transport::Polling),
+        (Some("websocket"), _) => {}
+        _ => return Err(Refusal::engine_io(0, "Transport unknown")),
+    }
+    if head.method != "GET" {
+        return Err(Refusal::engine_io(2, "Bad handshake method"));
+    }
+    if !head.is_upgrade() {
+        return Err(Refusal::engine_io(3, "Bad request"));
+    }
+    if head.param("EIO") != Some("4") {
+        return Err(Refusal::engine_io(5, "Unsupported protocol version"));
+    }
+    if port == Port::WebSocket && head.param("sid").is_some() {
+        return Err(Refusal::engine_io(1, "Session ID unknown"));
+    }
+    Ok(Transport::WebSocket)
 }
 
 /// A key is 16 bytes in base64: 22 characters and `==`.
@@ -292,29 +335,168 @@ fn valid_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
-fn refuse(stream: &mut TcpStream, refusal: Refusal) {
-    let reason = match refusal.status {
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let mut response = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        refusal.status,
-        refusal.content_type,
-        refusal.body.len()
-    );
-    for (name, value) in &refusal.headers {
-        response.push_str(&format!("{name}: {value}\r\n"));
+/// An answer given before a request reaches anyone, as data (so the
+/// routing above is testable), written by hand: a 426 must carry the
+/// `Upgrade` header, which tiny_http's responses leave out.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    status: u16,
+    headers: Vec<(&'static str, &'static str)>,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Refusal {
+    pub(crate) fn text(status: u16, body: &str) -> Refusal {
+        Refusal {
+            status,
+            headers: Vec::new(),
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{body}\n"),
+        }
     }
-    response.push_str("\r\n");
-    response.push_str(&refusal.body);
-    debug!("websocket handshake refused with {}", refusal.status);
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    let _ = stream.write_all(response.as_bytes());
+
+    fn header(mut self, name: &'static str, value: &'static str) -> Refusal {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Engine.IO's error answer: HTTP 400 with `{"code": n, "message": "..."}`.
+    pub(crate) fn engine_io(code: u8, message: &str) -> Refusal {
+        Refusal {
+            status: 400,
+            headers: Vec::new(),
+            content_type: "application/json",
+            body: format!(r#"{{"code":{code},"message":"{message}"}}"#),
+        }
+    }
+
+    /// As a tiny_http answer, for a connection that goes on (long-polling).
+    pub(crate) fn into_answer(self) -> Answer {
+        let mut answer = answer(self.status, self.content_type, self.body.into_bytes());
+        for (name, value) in self.headers {
+            answer.add_header(header(name, value));
+        }
+        answer
+    }
+
+    /// Writes the refusal and ends the connection.
+    pub(crate) fn send(self, conn: &mut Conn, deadline: Instant) {
+        use std::fmt::Write as _;
+        let status = tiny_http::StatusCode(self.status);
+        let mut text = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.status,
+            status.default_reason_phrase(),
+            self.content_type,
+            self.body.len()
+        );
+        for (name, value) in &self.headers {
+            let _ = write!(text, "{name}: {value}\r\n");
+        }
+        text.push_str("\r\n");
+        text.push_str(&self.body);
+        debug!("request refused with {}", self.status);
+        if conn.write_all(text.as_bytes(), deadline).is_ok() {
+            conn.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn head(target: &str, extra: &str) -> Head {
+        let text = format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n"
+        );
+        Head::parse(text.as_bytes()).unwrap()
+    }
+
+    fn origins() -> Origins {
+        Origins::new(vec!["http://localhost:3000".into()])
+    }
+
+    fn status(route: Route) -> u16 {
+        match route {
+            Route::Refuse(r) => r.status,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn websocket_paths_upgrade_on_both_ports() {
+        let upgrade = |target, port| route(&head(target, ""), port, &origins());
+        let native = Route::Upgrade {
+            encoding: Encoding::Native,
+            accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+            sid: None,
+        };
+        assert_eq!(upgrade("/ws?x=1", Port::WebSocket), native);
+        assert_eq!(upgrade("/", Port::WebSocket), native);
+        assert_eq!(upgrade("/ws", Port::Http), native);
+        assert_eq!(upgrade("/", Port::Http), Route::Page);
+        assert_eq!(status(upgrade("/ws/", Port::WebSocket)), 404);
+        assert!(matches!(
+            upgrade("/socket.io/?EIO=4&transport=websocket&sid=abc", Port::Http),
+            Route::Upgrade { encoding: Encoding::EngineIo, sid: Some(sid), .. } if sid == "abc"
+        ));
+    }
+
+    #[test]
+    fn refusals_come_in_the_protocols_order() {
+        let plain = Head::parse(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status(route(&plain, Port::WebSocket, &origins())), 426);
+        let foreign = head("/ws", "Origin: http://evil.example\r\n");
+        assert_eq!(status(route(&foreign, Port::Http, &origins())), 403);
+        let own = head("/ws", "Origin: http://localhost:3000\r\n");
+        assert!(matches!(
+            route(&own, Port::Http, &origins()),
+            Route::Upgrade { .. }
+        ));
+        let bad_key = Head::parse(
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: nope\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(status(route(&bad_key, Port::WebSocket, &origins())), 400);
+    }
+
+    #[test]
+    fn engine_io_errors_follow_engine_io() {
+        let refusal = |target: &str, port| match route(&head(target, ""), port, &origins()) {
+            Route::Refuse(r) => r.body,
+            other => panic!("{target}: {other:?}"),
+        };
+        assert!(
+            refusal("/socket.io/?EIO=4&transport=polling", Port::WebSocket).contains(r#""code":0"#)
+        );
+        assert!(
+            refusal("/socket.io/?EIO=3&transport=websocket", Port::Http).contains(r#""code":5"#)
+        );
+        assert!(refusal(
+            "/socket.io/?EIO=4&transport=websocket&sid=x",
+            Port::WebSocket
+        )
+        .contains(r#""code":1"#));
+        assert_eq!(
+            route(
+                &head("/socket.io/?EIO=4&transport=polling", ""),
+                Port::Http,
+                &origins()
+            ),
+            Route::Polling
+        );
+    }
+
+    #[test]
+    fn a_throttle_logs_once_a_period_with_the_count() {
+        let mut t = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(t.tick(), Some(1));
+        assert_eq!((t.tick(), t.tick()), (None, None));
+    }
 }

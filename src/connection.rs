@@ -1,8 +1,8 @@
 //! One WebSocket client after its handshake, whatever it speaks: this
 //! thread reads its frames (tungstenite), has the client's codec decode
 //! them and its session act on them, and keeps the heartbeat. It never
-//! writes to the socket: its Pong and Close replies go through the
-//! client's outbox like everything else.
+//! writes to the socket once the client has a writer: its Pong and Close
+//! replies go through the client's outbox like everything else.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -14,111 +14,119 @@ use tungstenite::error::ProtocolError;
 use tungstenite::protocol::{Role, WebSocket};
 use tungstenite::{Error as WsError, Message};
 
-use crate::codec::{engineio, frame, Codec, Encoding};
+use crate::codec::{engineio, frame, Encoding};
 use crate::outbox::{Outbound, Outbox};
-use crate::session::{Flow, Membership, Session};
+use crate::session::{Client, Flow};
 use crate::shared::{Admission, Shared};
 
 /// How long a connection we closed may still send before we close the socket.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Serves a client whose handshake is done, until it goes. `leftover` holds
-/// bytes read past the handshake; `admission` is its place under
-/// `--max-connections`, given back when this returns.
+/// A client's WebSocket, read by its own thread.
+pub(crate) type Socket = WebSocket<ClientStream>;
+
+/// Serves a new client whose handshake is done, until it goes. `leftover`
+/// holds bytes read past the handshake; `admission` is its place under
+/// `--max-connections`, given back when the client goes.
 pub(crate) fn serve(
-    socket: TcpStream,
+    socket: Arc<TcpStream>,
     leftover: Vec<u8>,
     encoding: Encoding,
     admission: Admission,
     shared: &Arc<Shared>,
 ) {
-    let id = shared.next_client_id();
-    let mut codec = Codec::new(encoding, &id.to_string());
+    let client = Client::register(encoding, Some(Arc::clone(&socket)), admission, shared);
+    let config = &shared.config;
+    match encoding {
+        Encoding::Native => client.outbox.push_now(&client.session.connected()),
+        // Socket.IO sends `connected` once the client joins the main namespace.
+        Encoding::EngineIo => {
+            let open = engineio::open_packet(
+                &engineio::new_sid(),
+                &[],
+                config.ping_interval,
+                config.idle_timeout,
+                config.max_message_bytes,
+            );
+            client.outbox.control(Outbound::Packet(open.into()));
+        }
+    }
+    let ws = websocket(socket, leftover, Some(Arc::clone(&client.outbox)), shared);
+    run(client, ws);
+}
+
+/// A WebSocket over `socket`. Its own replies (Pong, Close) go to `outbox`;
+/// with none yet (a long-polling client probing its upgrade), straight to
+/// the socket, which then has no other writer.
+pub(crate) fn websocket(
+    socket: Arc<TcpStream>,
+    leftover: Vec<u8>,
+    outbox: Option<Arc<Outbox>>,
+    shared: &Shared,
+) -> Socket {
     let config = &shared.config;
     // A writer stuck this long on a peer that reads nothing gives up.
     let _ = socket.set_write_timeout(Some(config.idle_timeout));
     let _ = socket.set_nodelay(true);
-    let socket = Arc::new(socket);
-    let outbox = Arc::new(Outbox::new(
-        Arc::clone(&socket),
-        encoding,
-        Arc::clone(&shared.metrics),
-    ));
-    info!("client {id} connected ({encoding:?})");
-    let mut session = Session::new(id, Arc::clone(&outbox), Arc::clone(shared));
-    let membership = Membership::register(id, outbox.clone(), shared);
-    if let Codec::EngineIo(_) = codec {
-        // Socket.IO sends `connected` once the client joins the main namespace.
-        let open = engineio::open_packet(
-            &id.to_string(),
-            config.ping_interval,
-            config.idle_timeout,
-            config.max_message_bytes,
-        );
-        outbox.control(Outbound::Packet(open.into()));
-    } else {
-        outbox.push_now(&session.connected());
-    }
-
     let now = Instant::now();
     let stream = ClientStream {
         socket,
         outbox,
         deadline: now + config.idle_timeout,
+        idle_timeout: config.idle_timeout,
         ping_interval: config.ping_interval,
         next_ping: now + config.ping_interval,
-        closed_by_us: false,
     };
-    let mut ws =
-        WebSocket::from_partially_read(stream, leftover, Role::Server, Some(shared.ws_config));
-    read_loop(&mut ws, &mut codec, &mut session, config.idle_timeout);
-    drop((membership, admission));
-    let stream = ws.get_ref();
-    if stream.closed_by_us {
+    WebSocket::from_partially_read(stream, leftover, Role::Server, Some(shared.ws_config))
+}
+
+/// The one read loop: frames in, decoded by the client's codec, handled by
+/// its session, until the connection ends; then the client goes.
+pub(crate) fn run(mut client: Client, mut ws: Socket) {
+    let close = loop {
+        let message = match next_message(&mut ws, client.id()) {
+            Ok(message) => message,
+            Err(End(close)) => break close,
+        };
+        let inbound = match message {
+            Message::Text(text) => client.codec.decode(&text),
+            Message::Binary(_) => client.codec.decode_binary(),
+            Message::Close(_) => {
+                // Pushes tungstenite's Close reply into the queue.
+                let _ = ws.flush();
+                break None;
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+        };
+        if client.session.handle(inbound) == Flow::End {
+            // The client is done: answer with a Close, as for any close we start.
+            break Some((1000, "client disconnected"));
+        }
+    };
+    // The room hears `userLeft` and the place frees before the peer reads
+    // our Close: by then the server has forgotten the client.
+    drop(client);
+    let stream = ws.get_mut();
+    if let Some((code, reason)) = close {
+        stream.close(code, reason);
         linger(&stream.socket);
     }
 }
 
-/// The one read loop: frames in, decoded by the client's codec, handled by
-/// its session, until the connection ends.
-fn read_loop(
-    ws: &mut WebSocket<ClientStream>,
-    codec: &mut Codec,
-    session: &mut Session,
-    idle_timeout: Duration,
-) {
-    while let Some(message) = next_message(ws, session, idle_timeout) {
-        let inbound = match message {
-            Message::Text(text) => codec.decode(&text),
-            Message::Binary(_) => codec.decode_binary(),
-            Message::Close(_) => {
-                // Pushes tungstenite's Close reply into the queue.
-                let _ = ws.flush();
-                return;
-            }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-        };
-        if session.handle(inbound) == Flow::End {
-            // The client is done: answer with a Close, as for any close we start.
-            return ws.get_mut().close(1000, "client disconnected");
-        }
-    }
-}
+/// Why a connection ends: with a Close of ours (code, reason), or without
+/// (the peer closed, or vanished).
+pub(crate) struct End(pub(crate) Option<(u16, &'static str)>);
 
-/// The next message, or None when the connection is over: closed by the
-/// peer, broken, idle past the deadline, or in violation of RFC 6455 (then
-/// a Close with the RFC's code is queued first).
-fn next_message(
-    ws: &mut WebSocket<ClientStream>,
-    session: &Session,
-    idle_timeout: Duration,
-) -> Option<Message> {
-    let id = session.id;
+/// The next message, or how the connection ends: closed by the peer,
+/// broken, idle past the deadline, or in violation of RFC 6455 (then with
+/// a Close carrying the RFC's code).
+pub(crate) fn next_message(ws: &mut Socket, id: impl std::fmt::Display) -> Result<Message, End> {
     loop {
         match ws.read() {
             Ok(message) => {
-                ws.get_mut().deadline = Instant::now() + idle_timeout;
-                return Some(message);
+                let stream = ws.get_mut();
+                stream.deadline = Instant::now() + stream.idle_timeout;
+                return Ok(message);
             }
             Err(WsError::Io(e))
                 if matches!(
@@ -126,10 +134,13 @@ fn next_message(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if Instant::now() >= ws.get_ref().deadline {
-                    info!("client {id} idle for {idle_timeout:?}; dropping it");
-                    ws.get_mut().close(1001, "idle timeout");
-                    return None;
+                let stream = ws.get_ref();
+                if Instant::now() >= stream.deadline {
+                    info!(
+                        "client {id} idle for {:?}; dropping it",
+                        stream.idle_timeout
+                    );
+                    return Err(End(Some((1001, "idle timeout"))));
                 }
             }
             Err(e) => {
@@ -142,13 +153,10 @@ fn next_message(
                     _ => None,
                 };
                 match close {
-                    Some((code, reason)) => {
-                        warn!("client {id}: {e}; closing with {code}");
-                        ws.get_mut().close(code, reason);
-                    }
+                    Some((code, _)) => warn!("client {id}: {e}; closing with {code}"),
                     None => debug!("client {id}: connection ended: {e}"),
                 }
-                return None;
+                return Err(End(close));
             }
         }
     }
@@ -179,22 +187,36 @@ fn linger(socket: &TcpStream) {
 /// deadline passes (which also stops a peer that trickles bytes). Writes
 /// (Pong and Close replies) go to the client's queue, so that only the
 /// writer touches the socket.
-struct ClientStream {
+pub(crate) struct ClientStream {
     socket: Arc<TcpStream>,
-    outbox: Arc<Outbox>,
+    /// Where writes go; none while the socket has no other writer.
+    outbox: Option<Arc<Outbox>>,
     deadline: Instant,
+    idle_timeout: Duration,
     ping_interval: Duration,
     next_ping: Instant,
-    /// We queued a Close: the connection ends on our side.
-    closed_by_us: bool,
 }
 
 impl ClientStream {
+    /// From now on, writes go to `outbox` (whose writer writes this socket).
+    pub(crate) fn queue_to(&mut self, outbox: Arc<Outbox>) {
+        self.outbox = Some(outbox);
+    }
+
+    /// Sets the deadline by which a message must arrive.
+    pub(crate) fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+    }
+
     /// Queues a Close with `code`: the connection ends after it.
-    fn close(&mut self, code: u16, reason: &str) {
-        self.outbox
-            .control(Outbound::Close(frame::close(code, reason)));
-        self.closed_by_us = true;
+    pub(crate) fn close(&mut self, code: u16, reason: &str) {
+        let close = frame::close(code, reason);
+        match &self.outbox {
+            Some(outbox) => outbox.control(Outbound::Close(close)),
+            None => {
+                let _ = (&*self.socket).write_all(&close);
+            }
+        }
     }
 }
 
@@ -204,7 +226,9 @@ impl Read for ClientStream {
         if now >= self.next_ping {
             // The reader keeps the heartbeat: it is the thread that wakes
             // anyway, and an idle client has no writer thread to do it.
-            self.outbox.control(Outbound::Ping);
+            if let Some(outbox) = &self.outbox {
+                outbox.control(Outbound::Ping);
+            }
             self.next_ping = now + self.ping_interval;
         }
         if now >= self.deadline {
@@ -218,8 +242,13 @@ impl Read for ClientStream {
 
 impl Write for ClientStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outbox.control(Outbound::Raw(buf.into()));
-        Ok(buf.len())
+        match &self.outbox {
+            Some(outbox) => {
+                outbox.control(Outbound::Raw(buf.into()));
+                Ok(buf.len())
+            }
+            None => (&*self.socket).write(buf),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {

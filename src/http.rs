@@ -1,25 +1,35 @@
-//! The HTTP side, on tiny_http: the browser client's files, `/config.json`,
-//! `/healthz`, `/api/rooms`, `/metrics`, with CORS. One thread answers
-//! every request in turn; the answers are small and never wait on a room.
+//! The HTTP side's one answering thread: the browser client's files,
+//! `/config.json`, `/healthz`, `/api/rooms`, `/metrics`, with CORS, as
+//! tiny_http responses. Connection threads (see `accept.rs`) read each
+//! request and write its answer; this thread only decides what the answer
+//! is. It never touches a socket, so no peer can make it wait.
 
-use std::borrow::Cow;
-use std::fs;
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use log::{debug, warn};
+use crossbeam_channel::{Receiver, Sender};
+use log::debug;
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response, StatusCode};
+use tiny_http::{Response, StatusCode};
 
 use crate::config::Origins;
+use crate::httpconn::{answer, header, plain, Answer, Head};
 use crate::shared::Shared;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/www.rs"));
 }
 
-type Body = Cursor<Cow<'static, [u8]>>;
+/// The methods every path answers.
+const ALLOW: &str = "GET, HEAD, OPTIONS";
+/// The Content-Security-Policy of the built-in client's pages.
+const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
+                   object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+/// How long a connection thread waits for this thread's answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 /// Where the client's files come from.
 #[derive(Debug, Clone)]
@@ -30,14 +40,20 @@ pub(crate) enum Assets {
     Dir(PathBuf),
 }
 
+/// A file to send: borrowed from the binary, or opened from `--www`.
+enum FileBody {
+    Embedded(&'static [u8]),
+    Disk(File, usize),
+}
+
 impl Assets {
     /// The file at the decoded, checked relative path `rel`, if any.
-    fn get(&self, rel: &str) -> Option<Cow<'static, [u8]>> {
+    fn get(&self, rel: &str) -> Option<FileBody> {
         match self {
             Assets::Embedded => embedded::FILES
                 .iter()
                 .find(|(path, _)| *path == rel)
-                .map(|(_, bytes)| Cow::Borrowed(*bytes)),
+                .map(|(_, bytes)| FileBody::Embedded(bytes)),
             Assets::Dir(root) => {
                 // Canonicalizing resolves symlinks; whatever resolves outside
                 // the root is refused, like any `..`.
@@ -45,7 +61,9 @@ impl Assets {
                 if !path.starts_with(root) || !path.is_file() {
                     return None;
                 }
-                fs::read(path).ok().map(Cow::Owned)
+                let file = File::open(path).ok()?;
+                let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+                Some(FileBody::Disk(file, len))
             }
         }
     }
@@ -61,15 +79,63 @@ pub(crate) struct Site {
     pub(crate) ws_port: u16,
 }
 
+/// A request for the answering thread, and where its answer goes.
+pub(crate) struct Job {
+    head: Head,
+    reply: Sender<Answer>,
+}
+
+/// How connection threads reach the answering thread. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Desk {
+    jobs: Sender<Option<Job>>,
+}
+
+impl Desk {
+    /// A desk, and the end the answering thread takes jobs from.
+    pub(crate) fn new() -> (Desk, Receiver<Option<Job>>) {
+        // Unbounded, yet bounded by the sockets: each connection thread
+        // waits for its answer before it reads another request.
+        let (jobs, rx) = crossbeam_channel::unbounded();
+        (Desk { jobs }, rx)
+    }
+
+    /// The answer to `head`; None if the answering thread has stopped.
+    pub(crate) fn ask(&self, head: Head) -> Option<Answer> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.jobs.send(Some(Job { head, reply })).ok()?;
+        answer.recv_timeout(ANSWER_WAIT).ok()
+    }
+
+    /// Asks the answering thread to stop.
+    pub(crate) fn close(&self) {
+        let _ = self.jobs.send(None);
+    }
+}
+
+/// Answers jobs until the desk is closed.
+pub(crate) fn run(jobs: Receiver<Option<Job>>, site: Site) {
+    while let Ok(Some(job)) = jobs.recv() {
+        let answer = respond(&job.head, &site);
+        debug!(
+            "{} {} -> {}",
+            job.head.method,
+            job.head.target,
+            answer.status_code().0
+        );
+        let _ = job.reply.send(answer);
+    }
+    debug!("http thread stopped");
+}
+
 /// What a path names.
-#[derive(Debug)]
 enum Route {
     Healthz,
     Config,
     Rooms,
     Metrics,
-    /// A file of the client: its checked relative path, and its bytes.
-    File(String, Cow<'static, [u8]>),
+    /// A file of the client: its checked relative path, and the file.
+    File(String, FileBody),
 }
 
 impl Route {
@@ -82,88 +148,40 @@ impl Route {
             "/metrics" => Route::Metrics,
             _ => {
                 let rel = relative_path(path)?;
-                let bytes = assets.get(&rel)?;
-                Route::File(rel, bytes)
+                let file = assets.get(&rel)?;
+                Route::File(rel, file)
             }
         };
         Some(route)
     }
 }
 
-/// Answers requests until the server is unblocked by `shutdown`.
-pub(crate) fn run(server: Arc<tiny_http::Server>, site: Site) {
-    for request in server.incoming_requests() {
-        respond(request, &site);
-    }
-    debug!("http loop stopped");
-}
-
-fn respond(request: Request, site: &Site) {
-    let path = request_path(request.url()).to_owned();
-    let origin = header(&request, "Origin").filter(|o| site.origins.allows(o));
-    let mut response = match request.method() {
-        Method::Get | Method::Head => match Route::find(&path, &site.assets) {
-            Some(route) => answer(route, site),
+/// The answer to one request, with CORS headers for an allowed origin.
+fn respond(head: &Head, site: &Site) -> Answer {
+    let path = head.path();
+    let origin = head.header("Origin").filter(|o| site.origins.allows(o));
+    let mut answer = match head.method.as_str() {
+        "GET" | "HEAD" => match Route::find(path, &site.assets) {
+            Some(route) => serve(route, site),
             None => plain(404, "not found"),
         },
-        Method::Options => preflight(&request, &path, origin.as_deref(), site),
-        _ => plain(405, "method not allowed").with_header(h("Allow", "GET, HEAD, OPTIONS")),
+        "OPTIONS" => preflight(head, path, origin, site),
+        _ => plain(405, "method not allowed").with_header(header("Allow", ALLOW)),
     };
-    response.add_header(h("Vary", "Origin"));
+    answer.add_header(header("Vary", "Origin"));
     if let Some(origin) = origin {
-        response.add_header(h("Access-Control-Allow-Origin", &origin));
+        answer.add_header(header("Access-Control-Allow-Origin", origin));
     }
-    debug!(
-        "{} {} -> {}",
-        request.method(),
-        request.url(),
-        response.status_code().0
-    );
-    // tiny_http reads off an unread body when the request is dropped, which
-    // a client may drag out until the head deadline; the one thread that
-    // answers everyone must not wait for that, so such a request (we read no
-    // bodies: they only come with a 405) is answered on a thread of its own.
-    if has_body(&request) {
-        let spawned = std::thread::Builder::new()
-            .name("http-body".into())
-            .stack_size(64 * 1024)
-            .spawn(move || deliver(request, response));
-        if let Err(e) = spawned {
-            warn!("cannot start a thread to answer a request with a body: {e}");
-        }
-    } else {
-        deliver(request, response);
-    }
+    answer
 }
 
-fn deliver(request: Request, response: Response<Body>) {
-    if let Err(e) = request.respond(response) {
-        debug!("http answer not delivered: {e}");
-    }
-}
-
-fn has_body(request: &Request) -> bool {
-    header(request, "Transfer-Encoding").is_some()
-        || header(request, "Content-Length").is_some_and(|len| len.trim() != "0")
-}
-
-/// The path of a request target: the query dropped, and the scheme and
-/// authority of an absolute-form target (`GET http://host/x`) too.
-fn request_path(target: &str) -> &str {
-    let target = target.split_once('?').map_or(target, |(path, _)| path);
-    match target.split_once("://") {
-        Some((scheme, rest)) if !scheme.contains('/') => rest.find('/').map_or("/", |i| &rest[i..]),
-        _ => target,
-    }
-}
-
-fn answer(route: Route, site: &Site) -> Response<Body> {
+fn serve(route: Route, site: &Site) -> Answer {
     let shared = &site.shared;
     match route {
-        Route::Healthz => body(200, "text/plain", b"ok".to_vec()),
+        Route::Healthz => answer(200, "text/plain", b"ok".to_vec()),
         Route::Config => {
             let config = json!({"wsPort": site.ws_port, "wsPath": "/ws"});
-            body(200, "application/json", config.to_string().into_bytes())
+            answer(200, "application/json", config.to_string().into_bytes())
         }
         Route::Rooms => {
             let rooms: Vec<_> = shared
@@ -172,36 +190,28 @@ fn answer(route: Route, site: &Site) -> Response<Body> {
                 .into_iter()
                 .map(|(name, users)| json!({"name": name, "users": users}))
                 .collect();
-            body(
-                200,
-                "application/json",
-                json!({ "rooms": rooms }).to_string().into_bytes(),
-            )
+            let body = json!({ "rooms": rooms }).to_string();
+            answer(200, "application/json", body.into_bytes())
         }
-        Route::Metrics => body(
+        Route::Metrics => answer(
             200,
             "text/plain; version=0.0.4",
             shared.metrics.render().into_bytes(),
         ),
-        Route::File(rel, bytes) => {
+        Route::File(rel, file) => {
             let content_type = content_type(&rel);
-            let len = bytes.len();
-            let mut response = Response::new(
-                StatusCode(200),
-                Vec::new(),
-                Cursor::new(bytes),
-                Some(len),
-                None,
-            )
-            .with_header(h("Content-Type", content_type))
-            .with_header(h("Cache-Control", "no-cache"))
-            .with_header(h("X-Content-Type-Options", "nosniff"));
-            if content_type.starts_with("text/html") {
-                response.add_header(h(
-                    "Content-Security-Policy",
-                    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
-                     object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
-                ));
+            let (body, len): (Box<dyn Read + Send>, usize) = match file {
+                FileBody::Embedded(bytes) => (Box::new(Cursor::new(bytes)), bytes.len()),
+                FileBody::Disk(file, len) => (Box::new(file.take(len as u64)), len),
+            };
+            let mut response = Response::new(StatusCode(200), Vec::new(), body, Some(len), None)
+                .with_header(header("Content-Type", content_type))
+                .with_header(header("Cache-Control", "no-cache"))
+                .with_header(header("X-Content-Type-Options", "nosniff"));
+            // The built-in client's own policy; pages from `--www` are the
+            // user's, who may well use inline scripts.
+            if content_type.starts_with("text/html") && matches!(site.assets, Assets::Embedded) {
+                response.add_header(header("Content-Security-Policy", CSP));
             }
             response
         }
@@ -209,19 +219,19 @@ fn answer(route: Route, site: &Site) -> Response<Body> {
 }
 
 /// CORS preflight: 204 on a known path; the grant only for an allowed origin.
-fn preflight(request: &Request, path: &str, origin: Option<&str>, site: &Site) -> Response<Body> {
+fn preflight(head: &Head, path: &str, origin: Option<&str>, site: &Site) -> Answer {
     if Route::find(path, &site.assets).is_none() {
         return plain(404, "not found");
     }
-    let mut response = body(204, "text/plain; charset=utf-8", Vec::new());
+    let mut answer = answer(204, "text/plain; charset=utf-8", Vec::new());
     if origin.is_some() {
-        response.add_header(h("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"));
-        if let Some(requested) = header(request, "Access-Control-Request-Headers") {
-            response.add_header(h("Access-Control-Allow-Headers", &requested));
+        answer.add_header(header("Access-Control-Allow-Methods", ALLOW));
+        if let Some(requested) = head.header("Access-Control-Request-Headers") {
+            answer.add_header(header("Access-Control-Allow-Headers", requested));
         }
-        response.add_header(h("Access-Control-Max-Age", "600"));
+        answer.add_header(header("Access-Control-Max-Age", "600"));
     }
-    response
+    answer
 }
 
 /// Maps a URL path onto a client file: `/` is `index.html`; percent-escapes
@@ -273,41 +283,6 @@ fn content_type(rel: &str) -> &'static str {
     }
 }
 
-fn body(status: u16, content_type: &'static str, bytes: Vec<u8>) -> Response<Body> {
-    let len = bytes.len();
-    Response::new(
-        StatusCode(status),
-        Vec::new(),
-        Cursor::new(Cow::Owned(bytes)),
-        Some(len),
-        None,
-    )
-    .with_header(h("Content-Type", content_type))
-}
-
-fn plain(status: u16, text: &str) -> Response<Body> {
-    body(
-        status,
-        "text/plain; charset=utf-8",
-        format!("{text}\n").into_bytes(),
-    )
-}
-
-fn header(request: &Request, name: &'static str) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str().to_owned())
-}
-
-fn h(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|()| {
-        warn!("dropping a header value that is not valid: {name}: {value:?}");
-        Header::from_bytes(name.as_bytes(), &b""[..]).expect("an empty value is valid")
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,14 +313,6 @@ mod tests {
     }
 
     #[test]
-    fn request_targets_in_origin_and_absolute_form() {
-        assert_eq!(request_path("/a/b?x=1"), "/a/b");
-        assert_eq!(request_path("http://h:3000/healthz?x"), "/healthz");
-        assert_eq!(request_path("http://h"), "/");
-        assert_eq!(request_path("/x://y"), "/x://y");
-    }
-
-    #[test]
     fn content_types_by_extension() {
         assert_eq!(content_type("index.html"), "text/html; charset=utf-8");
         assert_eq!(content_type("a/b.JS"), "text/javascript");
@@ -357,5 +324,14 @@ mod tests {
     fn the_client_is_embedded() {
         assert!(Assets::Embedded.get("index.html").is_some());
         assert!(Assets::Embedded.get("nope.html").is_none());
+    }
+
+    #[test]
+    fn routes_name_the_endpoints_and_existing_files() {
+        let find = |path| Route::find(path, &Assets::Embedded);
+        assert!(matches!(find("/healthz"), Some(Route::Healthz)));
+        assert!(matches!(find("/api/rooms"), Some(Route::Rooms)));
+        assert!(matches!(find("/"), Some(Route::File(rel, _)) if rel == "index.html"));
+        assert!(find("/api/nope").is_none());
     }
 }

@@ -8,11 +8,16 @@
 //! started for the claim. The thread drains everything queued into one
 //! vectored write, lingers a little for more, then gives the role back and
 //! ends, so an idle client costs no writer thread.
+//!
+//! Everything queued counts toward the bounds, control frames included (a
+//! peer that sends Pings and never reads the Pongs fills its queue like any
+//! other), except the final Close. A long-polling client has no socket
+//! until it upgrades: its held GET takes what is queued (`take`).
 
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -50,6 +55,18 @@ pub(crate) enum Outbound {
     Close(Box<[u8]>),
 }
 
+impl Outbound {
+    /// What the item costs in the queue's byte bound.
+    fn weight(&self) -> usize {
+        match self {
+            Outbound::Event(event) => event.weight(),
+            Outbound::Packet(text) => text.len() + 8,
+            Outbound::Raw(bytes) | Outbound::Close(bytes) => bytes.len(),
+            Outbound::Ping => 8,
+        }
+    }
+}
+
 /// A client's queue, and the socket its writer writes to.
 pub(crate) struct Outbox {
     tx: Sender<Outbound>,
@@ -70,14 +87,20 @@ struct Queue {
     writer: AtomicBool,
     /// A push claimed the writer role; `wake` starts the thread.
     start_pending: AtomicBool,
-    socket: Arc<TcpStream>,
+    /// The socket the writer writes to; none while a client long-polls.
+    socket: OnceLock<Arc<TcpStream>>,
     encoding: Encoding,
     metrics: Arc<Metrics>,
 }
 
 impl Outbox {
-    /// A queue for the client on `socket`, written in `encoding`.
-    pub(crate) fn new(socket: Arc<TcpStream>, encoding: Encoding, metrics: Arc<Metrics>) -> Outbox {
+    /// A queue for the client on `socket` (none for a long-polling client),
+    /// written in `encoding`.
+    pub(crate) fn new(
+        socket: Option<Arc<TcpStream>>,
+        encoding: Encoding,
+        metrics: Arc<Metrics>,
+    ) -> Outbox {
         let (tx, rx) = crossbeam_channel::unbounded();
         let queue = Queue {
             rx,
@@ -87,7 +110,7 @@ impl Outbox {
             overflow_pending: AtomicBool::new(false),
             writer: AtomicBool::new(false),
             start_pending: AtomicBool::new(false),
-            socket,
+            socket: socket.map(OnceLock::from).unwrap_or_default(),
             encoding,
             metrics,
         };
@@ -104,24 +127,52 @@ impl Outbox {
         self.wake();
     }
 
-    /// Queues a transport message (a Pong, a Close, a ping, an Engine.IO
-    /// packet) outside the slow-consumer bounds, and wakes the writer.
+    /// Queues a transport message (a Pong, a ping, an Engine.IO packet, a
+    /// Close) and wakes the writer; for callers holding no lock.
     pub(crate) fn control(&self, item: Outbound) {
-        if self.send(item) {
-            self.start_writer();
-        }
+        let _ = self.enqueue(item);
+        self.wake();
     }
 
-    /// Queues `item` and claims the writer role if it is free: true if the
-    /// caller must start a writer.
-    fn send(&self, item: Outbound) -> bool {
+    /// Whether the queue went past its bounds (the client is being cut off).
+    pub(crate) fn overflowed(&self) -> bool {
+        self.queue.overflowed.load(Relaxed)
+    }
+
+    /// Queues `item` within the bounds (a Close always gets in). Past them
+    /// the item is dropped, the queue marked overflowed (for `wake` to
+    /// handle) and `Overflow` returned. Ok(true) when this claimed the
+    /// writer role, for `wake` to start the writer.
+    fn enqueue(&self, item: Outbound) -> Result<bool, Overflow> {
+        let q = &self.queue;
+        if !matches!(item, Outbound::Close(_)) {
+            if q.overflowed.load(Relaxed) {
+                return Err(Overflow);
+            }
+            let weight = item.weight();
+            let frames = q.frames.fetch_add(1, Relaxed) + 1;
+            let bytes = q.bytes.fetch_add(weight, Relaxed) + weight;
+            if frames > MAX_QUEUED_FRAMES || bytes > MAX_QUEUED_BYTES {
+                q.frames.fetch_sub(1, Relaxed);
+                q.bytes.fetch_sub(weight, Relaxed);
+                if !q.overflowed.swap(true, Relaxed) {
+                    q.overflow_pending.store(true, SeqCst);
+                }
+                return Err(Overflow);
+            }
+        }
         // A send fails only once the writer ended with its client.
         if self.tx.send(item).is_err() {
-            return false;
+            return Ok(false);
         }
         // Queue first, then claim: a writer about to end checks the queue
-        // after giving up its claim, so one of the two sees the item.
-        !self.queue.writer.swap(true, SeqCst)
+        // after giving up its claim, so one of the two sees the item. A
+        // long-polling client has no writer: its GET takes the queue.
+        if q.socket.get().is_none() || q.writer.swap(true, SeqCst) {
+            return Ok(false);
+        }
+        q.start_pending.store(true, SeqCst);
+        Ok(true)
     }
 
     fn start_writer(&self) {
@@ -133,33 +184,38 @@ impl Outbox {
         if let Err(e) = spawned {
             // Without a writer the client would wait forever: end it instead.
             warn!("cannot start a writer thread: {e}; dropping the client");
-            let _ = self.queue.socket.shutdown(Shutdown::Both);
+            self.abort();
         }
+    }
+
+    /// A long-polling client moved to a WebSocket: from now on a writer
+    /// writes to `socket`. One is started at once for anything queued.
+    pub(crate) fn attach(&self, socket: Arc<TcpStream>) {
+        let q = &self.queue;
+        if q.socket.set(socket).is_ok() && !q.writer.swap(true, SeqCst) {
+            self.start_writer();
+        }
+    }
+
+    /// For a long-polling GET: the next queued item, waiting up to
+    /// `timeout` for one. What it returns counts as sent.
+    pub(crate) fn take(&self, timeout: Duration) -> Option<Outbound> {
+        let item = self.queue.rx.recv_timeout(timeout).ok()?;
+        self.queue.account(std::slice::from_ref(&item));
+        Some(item)
+    }
+
+    /// For a long-polling GET: the next item if one is queued.
+    pub(crate) fn try_take(&self) -> Option<Outbound> {
+        let item = self.queue.rx.try_recv().ok()?;
+        self.queue.account(std::slice::from_ref(&item));
+        Some(item)
     }
 }
 
 impl Mailbox for Outbox {
     fn push(&self, event: &Arc<Outgoing>) -> Result<bool, Overflow> {
-        let q = &self.queue;
-        if q.overflowed.load(Relaxed) {
-            return Err(Overflow);
-        }
-        let weight = event.weight();
-        let frames = q.frames.fetch_add(1, Relaxed) + 1;
-        let bytes = q.bytes.fetch_add(weight, Relaxed) + weight;
-        if frames > MAX_QUEUED_FRAMES || bytes > MAX_QUEUED_BYTES {
-            q.frames.fetch_sub(1, Relaxed);
-            q.bytes.fetch_sub(weight, Relaxed);
-            if !q.overflowed.swap(true, Relaxed) {
-                q.overflow_pending.store(true, SeqCst);
-            }
-            return Err(Overflow);
-        }
-        if self.send(Outbound::Event(Arc::clone(event))) {
-            q.start_pending.store(true, SeqCst);
-            return Ok(true);
-        }
-        Ok(false)
+        self.enqueue(Outbound::Event(Arc::clone(event)))
     }
 
     fn wake(&self) {
@@ -169,7 +225,9 @@ impl Mailbox for Outbox {
             warn!("a client is a slow consumer ({frames} frames, {bytes} bytes queued); disconnecting it");
             q.metrics.slow_consumer_disconnect();
             // Wakes the reader's blocking read, which then ends the connection.
-            let _ = q.socket.shutdown(Shutdown::Read);
+            if let Some(socket) = q.socket.get() {
+                let _ = socket.shutdown(Shutdown::Read);
+            }
         }
         if q.start_pending.swap(false, SeqCst) {
             self.start_writer();
@@ -181,7 +239,9 @@ impl Mailbox for Outbox {
     }
 
     fn abort(&self) {
-        let _ = self.queue.socket.shutdown(Shutdown::Both);
+        if let Some(socket) = self.queue.socket.get() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -190,6 +250,10 @@ impl Mailbox for Outbox {
 /// is gone. Only the first of these gives the role back; after the others
 /// nothing more may be written, so no writer is started again.
 fn run_writer(queue: &Queue) {
+    let socket = queue
+        .socket
+        .get()
+        .expect("a writer starts only with a socket");
     let mut batch = Batch::default();
     loop {
         match queue.next_batch(&mut batch) {
@@ -198,25 +262,25 @@ fn run_writer(queue: &Queue) {
             Next::Gone => break,
         }
         if queue.overflowed.load(Relaxed) {
-            let _ = (&*queue.socket).write_all(&frame::close(1013, "slow consumer"));
+            let _ = (&**socket).write_all(&frame::close(1013, "slow consumer"));
             break;
         }
-        let written = batch.write(&queue.socket, queue.encoding);
-        queue.account(&batch);
+        let written = batch.write(socket, queue.encoding);
+        queue.account(&batch.items);
         batch.clear();
         match written {
             Ok(Written::All) => {}
             Ok(Written::Close) => {
                 // Half-close: the peer sees our FIN after the Close frame;
                 // the reader still takes the peer's Close reply.
-                let _ = queue.socket.shutdown(Shutdown::Write);
+                let _ = socket.shutdown(Shutdown::Write);
                 return;
             }
             Err(_) => break,
         }
     }
     // Wake the reader if it is still blocked (a write error, a slow consumer).
-    let _ = queue.socket.shutdown(Shutdown::Both);
+    let _ = socket.shutdown(Shutdown::Both);
 }
 
 /// What the writer found waiting.
@@ -265,12 +329,22 @@ impl Queue {
         self.rx.is_empty() || self.writer.swap(true, SeqCst)
     }
 
-    /// Takes a written batch's events off the queue's bounds and counts them sent.
-    fn account(&self, batch: &Batch) {
-        let (events, weight) = batch.events();
-        self.frames.fetch_sub(events, Relaxed);
-        self.bytes.fetch_sub(weight, Relaxed);
-        self.metrics.add_frames_sent(events as u64);
+    /// Takes written items off the queue's bounds and counts the chat
+    /// events among them sent. Nothing after a Close is written.
+    fn account(&self, items: &[Outbound]) {
+        let (mut events, mut frames, mut bytes) = (0, 0, 0);
+        for item in items {
+            match item {
+                Outbound::Close(_) => break,
+                Outbound::Event(_) => events += 1,
+                _ => {}
+            }
+            frames += 1;
+            bytes += item.weight();
+        }
+        self.frames.fetch_sub(frames, Relaxed);
+        self.bytes.fetch_sub(bytes, Relaxed);
+        self.metrics.add_frames_sent(events);
     }
 }
 
@@ -290,20 +364,6 @@ enum Written {
 }
 
 impl Batch {
-    /// The number of chat events the batch writes (those before a Close)
-    /// and their accounted weight.
-    fn events(&self) -> (usize, usize) {
-        let mut sent = (0, 0);
-        for item in &self.items {
-            match item {
-                Outbound::Event(event) => sent = (sent.0 + 1, sent.1 + event.weight()),
-                Outbound::Close(_) => break,
-                _ => {}
-            }
-        }
-        sent
-    }
-
     /// Writes the batch (up to and including a Close) in one vectored write.
     fn write(&mut self, socket: &TcpStream, encoding: Encoding) -> io::Result<Written> {
         self.framed = self

@@ -11,24 +11,27 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use crate::accept;
+use crate::accept::{self, Front, Port};
 use crate::config::{Config, Origins};
-use crate::http::{self, Assets};
+use crate::http::{self, Assets, Desk};
 use crate::metrics::Metrics;
-use crate::shared::Shared;
+use crate::polling::Polling;
+use crate::shared::{Capacity, Shared};
 
 /// How long shutdown waits for clients to answer their Close before cutting them off.
 const CLOSE_GRACE: Duration = Duration::from_millis(1000);
 
-/// Memory maps one client may need at worst: two threads (reader and
-/// writer), each with a stack, its guard page, the signal stack std gives
-/// every thread, and that stack's guard.
-const MAPS_PER_CLIENT: usize = 8;
+/// Memory maps one thread needs: its stack, the stack's guard page, the
+/// signal stack std gives every thread, and that stack's guard.
+const MAPS_PER_THREAD: usize = 4;
 /// Pending connections the kernel may queue per listener (it caps this at
 /// `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 1024;
 /// Maps kept for everything else: the binary, libraries, heaps, listeners.
 const MAPS_RESERVED: usize = 2048;
+/// File descriptors kept for everything but clients' sockets: listeners,
+/// standard streams, files served from `--www`, Redis.
+const FILES_RESERVED: usize = 64;
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -76,7 +79,7 @@ pub struct Server {
     http_addr: SocketAddr,
     ws_addr: SocketAddr,
     shared: Arc<Shared>,
-    http: Arc<tiny_http::Server>,
+    desk: Desk,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -88,46 +91,42 @@ impl Server {
         let (ws_listener, ws_addr) = bind(&config, "WebSocket", config.ws_port)?;
 
         let metrics = Arc::new(Metrics::default());
-        let max_connections = connection_budget(config.max_connections);
+        let capacity = capacity(config.max_connections);
         let origins = Origins::new(config.origins_for(http_addr.port()));
         let handshake_origins =
             Origins::new(config.handshake_origins_for(http_addr.port(), ws_addr.port()));
-        let head_timeout = config.handshake_timeout;
-        let shared = Arc::new(Shared::new(
-            config,
-            max_connections,
-            metrics,
-            handshake_origins,
-        ));
-        let http = Arc::new(
-            tiny_http::Server::from_listener_with_limits(
-                http_listener,
-                None,
-                tiny_http::HeadLimits {
-                    max_head_bytes: accept::MAX_HEAD_BYTES,
-                    max_headers: accept::MAX_HEADERS,
-                    head_timeout: Some(head_timeout),
-                },
-            )
-            .map_err(|e| StartError::Spawn(io::Error::other(e.to_string())))?,
-        );
+        let shared = Arc::new(Shared::new(config, capacity, metrics, handshake_origins));
+        let (desk, jobs) = Desk::new();
         let site = http::Site {
             shared: Arc::clone(&shared),
             assets,
             origins,
             ws_port: ws_addr.port(),
         };
-        let h = Arc::clone(&http);
-        let http_thread = spawn("http", move || http::run(h, site))?;
-        let s = Arc::clone(&shared);
-        let accept_thread = spawn("ws-accept", move || accept::run(ws_listener, s))?;
+        let polling = Arc::new(Polling::new(Arc::clone(&shared)));
+        let front = Arc::new(Front {
+            shared: Arc::clone(&shared),
+            desk: desk.clone(),
+            polling: Arc::clone(&polling),
+        });
+        let f = Arc::clone(&front);
+        let threads = vec![
+            spawn("http", move || http::run(jobs, site))?,
+            spawn("polling", move || polling.run_timer())?,
+            spawn("http-accept", move || {
+                accept::run(http_listener, Port::Http, f)
+            })?,
+            spawn("ws-accept", move || {
+                accept::run(ws_listener, Port::WebSocket, front)
+            })?,
+        ];
         info!("http on {http_addr}, websocket on {ws_addr}");
         Ok(Server {
             http_addr,
             ws_addr,
             shared,
-            http,
-            threads: vec![http_thread, accept_thread],
+            desk,
+            threads,
         })
     }
 
@@ -160,28 +159,36 @@ impl Server {
             return;
         }
         info!("shutting down");
-        self.http.unblock();
-        // The accept loop blocks in accept(): a connection of our own wakes it.
-        let mut wake = self.ws_addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(if wake.is_ipv4() {
-                Ipv4Addr::LOCALHOST.into()
-            } else {
-                Ipv6Addr::LOCALHOST.into()
-            });
+        // The accept loops block in accept(): a connection of our own wakes each.
+        for addr in [self.http_addr, self.ws_addr] {
+            let _ = TcpStream::connect_timeout(&loopback(addr), Duration::from_secs(1));
         }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        self.desk.close();
+        let shared = &self.shared;
+        shared.registry.close_all(1001, "server shutting down");
+        if !shared.registry.wait_empty(CLOSE_GRACE) {
+            shared.registry.abort_all();
+        }
+        // Whatever is still open (page loads, handshakes, stuck writers) is cut.
+        shared.sockets.abort_all();
+        shared.registry.wait_empty(Duration::from_millis(300));
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
-        let registry = &self.shared.registry;
-        registry.close_all(1001, "server shutting down");
-        if !registry.wait_empty(CLOSE_GRACE) {
-            registry.abort_all();
-            registry.wait_empty(Duration::from_millis(300));
-        }
         info!("stopped");
     }
+}
+
+/// `addr`, or the loopback address if it is the unspecified one.
+fn loopback(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    addr
 }
 
 /// Where the client's files come from: `--www`, checked to be a folder, or
@@ -255,27 +262,45 @@ fn listen(host: &str, port: u16) -> io::Result<TcpListener> {
     Err(last)
 }
 
-/// The most clients the kernel's `vm.max_map_count` lets us hold. Past that
-/// limit a new thread cannot map its stacks, and std aborts the process
-/// rather than run a thread without its stack-overflow guard; refusing the
-/// handshake with 503 is the better answer.
-fn connection_budget(configured: usize) -> usize {
-    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+/// What the server takes on for `--max-connections` clients, lowered to
+/// what the machine's limits hold. Past `vm.max_map_count` a new thread
+/// cannot map its stacks and std aborts the process; past the open-file
+/// limit accept fails. Refusing a connection at once is the better answer.
+fn capacity(configured: usize) -> Capacity {
+    let maps = read_number("/proc/sys/vm/max_map_count");
+    // Ask for as many descriptors as the hard limit allows.
+    let files = rlimit::increase_nofile_limit(u64::MAX)
         .ok()
-        .and_then(|text| text.trim().parse::<usize>().ok());
-    let Some(limit) = limit else {
-        return configured;
+        .and_then(|n| usize::try_from(n).ok());
+    let fits = |clients: usize| {
+        let c = Capacity::for_clients(clients);
+        maps.is_none_or(|m| c.threads() * MAPS_PER_THREAD + MAPS_RESERVED <= m)
+            && files.is_none_or(|f| c.sockets + FILES_RESERVED <= f)
     };
-    let budget = limit.saturating_sub(MAPS_RESERVED) / MAPS_PER_CLIENT;
-    if budget < configured {
-        warn!(
-            "vm.max_map_count is {limit}: serving at most {budget} clients instead of {configured} \
-             (`sysctl -w vm.max_map_count={}` lifts this)",
-            configured * MAPS_PER_CLIENT + MAPS_RESERVED
-        );
-        return budget;
+    if fits(configured) {
+        return Capacity::for_clients(configured);
     }
-    configured
+    // The largest client count that fits, by bisection.
+    let (mut fit, mut over) = (0, configured);
+    while over - fit > 1 {
+        let mid = fit + (over - fit) / 2;
+        if fits(mid) {
+            fit = mid;
+        } else {
+            over = mid;
+        }
+    }
+    warn!(
+        "serving at most {fit} clients instead of {configured}: vm.max_map_count is {} and the \
+         open-file limit {} (`sysctl -w vm.max_map_count=N` and `ulimit -n N` lift these)",
+        maps.map_or("unknown".into(), |m| m.to_string()),
+        files.map_or("unknown".into(), |f| f.to_string()),
+    );
+    Capacity::for_clients(fit)
+}
+
+fn read_number(path: &str) -> Option<usize> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 impl Drop for Server {

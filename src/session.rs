@@ -3,18 +3,19 @@
 //! room, fields) and hands it to the registry. It never touches a socket;
 //! its answers go through the client's outbox.
 
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, info};
 
-use crate::codec::{Inbound, Outgoing};
+use crate::codec::{Codec, Encoding, Inbound, Outgoing};
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{
     self, ClientEvent, ConnectedData, Envelope, ErrorCode, EventName, Limits, Rejection,
 };
 use crate::rooms::{ClientId, Mailbox};
-use crate::shared::Shared;
+use crate::shared::{Admission, Shared};
 
 /// What the connection does after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,15 +145,55 @@ impl Session {
     }
 }
 
+/// A connected client, whatever its transport: its chat session, its
+/// decoder, its queue, and the guards that give back its room membership
+/// and its place under `--max-connections` when it goes.
+pub(crate) struct Client {
+    pub(crate) session: Session,
+    pub(crate) codec: Codec,
+    pub(crate) outbox: Arc<Outbox>,
+    // Dropped in this order, with the client: the room hears `userLeft`,
+    // then the place under `--max-connections` frees.
+    _membership: Membership,
+    _admission: Admission,
+}
+
+impl Client {
+    /// Registers a client speaking `encoding`, whose queue is written to
+    /// `socket` (none for a long-polling client, whose GETs take it).
+    pub(crate) fn register(
+        encoding: Encoding,
+        socket: Option<Arc<TcpStream>>,
+        admission: Admission,
+        shared: &Arc<Shared>,
+    ) -> Client {
+        let id = shared.next_client_id();
+        let metrics = Arc::clone(&shared.metrics);
+        let outbox = Arc::new(Outbox::new(socket, encoding, metrics));
+        info!("client {id} connected ({encoding:?})");
+        Client {
+            session: Session::new(id, Arc::clone(&outbox), Arc::clone(shared)),
+            codec: Codec::new(encoding, &id.to_string()),
+            _membership: Membership::register(id, outbox.clone(), shared),
+            outbox,
+            _admission: admission,
+        }
+    }
+
+    pub(crate) fn id(&self) -> ClientId {
+        self.session.id
+    }
+}
+
 /// A client that leaves its room when dropped: whatever way its connection
 /// ends, a panic included, the room hears `userLeft` and forgets it.
-pub(crate) struct Membership {
+struct Membership {
     id: ClientId,
     shared: Arc<Shared>,
 }
 
 impl Membership {
-    pub(crate) fn register(id: ClientId, mailbox: Arc<dyn Mailbox>, shared: &Arc<Shared>) -> Self {
+    fn register(id: ClientId, mailbox: Arc<dyn Mailbox>, shared: &Arc<Shared>) -> Self {
         shared.registry.connect(id, mailbox);
         Membership {
             id,

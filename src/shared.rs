@@ -1,8 +1,12 @@
 //! What every thread of the server shares: the settings, the registry, the
-//! metrics, and the admission of clients up to `--max-connections`.
+//! metrics, the admission of clients up to `--max-connections`, and the
+//! table of every socket the server holds.
 
+use std::collections::HashMap;
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use tungstenite::protocol::WebSocketConfig;
 
@@ -20,17 +24,22 @@ pub(crate) struct Shared {
     /// Origins allowed to open a WebSocket (see `Config::handshake_origins_for`).
     pub(crate) handshake_origins: Origins,
     pub(crate) ws_config: WebSocketConfig,
+    /// Every socket accepted on either port and not yet closed.
+    pub(crate) sockets: Arc<Sockets>,
     next_id: AtomicU64,
     stopping: AtomicBool,
+    /// Wakes the threads that wait on a timer (`pause`) when stopping.
+    stopped: (Mutex<bool>, Condvar),
 }
 
 impl Shared {
     pub(crate) fn new(
         config: Config,
-        max_connections: usize,
+        capacity: Capacity,
         metrics: Arc<Metrics>,
         handshake_origins: Origins,
     ) -> Shared {
+        let max_connections = capacity.clients;
         let ws_config = WebSocketConfig::default()
             // Small reads: a connection's buffer is resident for its whole
             // life, and chat frames are small.
@@ -47,8 +56,10 @@ impl Shared {
             metrics,
             handshake_origins,
             ws_config,
+            sockets: Arc::new(Sockets::new(capacity.sockets)),
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            stopped: (Mutex::new(false), Condvar::new()),
         }
     }
 
@@ -62,7 +73,21 @@ impl Shared {
 
     /// Marks the server as stopping; true for the first caller only.
     pub(crate) fn stop(&self) -> bool {
-        !self.stopping.swap(true, Ordering::SeqCst)
+        let first = !self.stopping.swap(true, Ordering::SeqCst);
+        let (stopped, wake) = &self.stopped;
+        *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        wake.notify_all();
+        first
+    }
+
+    /// Waits `period`, or less if the server stops meanwhile; false then.
+    pub(crate) fn pause(&self, period: Duration) -> bool {
+        let (stopped, wake) = &self.stopped;
+        let guard = stopped.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = wake
+            .wait_timeout_while(guard, period, |stopped| !*stopped)
+            .unwrap_or_else(|p| p.into_inner());
+        !*guard
     }
 
     /// A place for one more client, unless `max_connections` are connected.
@@ -81,5 +106,87 @@ pub(crate) struct Admission(Arc<Metrics>);
 impl Drop for Admission {
     fn drop(&mut self) {
         self.0.release();
+    }
+}
+
+/// How much the server takes on: clients (WebSocket and long-polling), and
+/// sockets in any state on either port (a client's, a page load's, a
+/// handshake not yet finished). Each socket has a thread; each client may
+/// have one more, its writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Capacity {
+    pub(crate) clients: usize,
+    pub(crate) sockets: usize,
+}
+
+impl Capacity {
+    /// Sockets beyond the clients' own, for page loads and handshakes in
+    /// progress: a quarter more, and at least 64.
+    pub(crate) fn for_clients(clients: usize) -> Capacity {
+        Capacity {
+            clients,
+            sockets: clients + (clients / 4).max(64),
+        }
+    }
+
+    /// Threads at most: one per socket, one writer per client.
+    pub(crate) fn threads(&self) -> usize {
+        self.sockets + self.clients
+    }
+}
+
+/// The sockets the server holds, each counted from accept to close: past
+/// `max` a new connection is refused at once, before it gets a thread.
+/// Shutdown cuts whatever is still open.
+pub(crate) struct Sockets {
+    open: Mutex<HashMap<u64, Arc<TcpStream>>>,
+    next: AtomicU64,
+    max: usize,
+}
+
+impl Sockets {
+    fn new(max: usize) -> Sockets {
+        Sockets {
+            open: Mutex::new(HashMap::with_capacity(max.min(1 << 16))),
+            next: AtomicU64::new(0),
+            max,
+        }
+    }
+
+    /// A place for `socket`, unless `max` are open.
+    pub(crate) fn take(self: &Arc<Self>, socket: &Arc<TcpStream>) -> Option<SocketSlot> {
+        let mut open = self.lock();
+        if open.len() >= self.max {
+            return None;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        open.insert(id, Arc::clone(socket));
+        Some(SocketSlot {
+            id,
+            sockets: Arc::clone(self),
+        })
+    }
+
+    /// Shutdown: ends every connection still open; their threads wake and end.
+    pub(crate) fn abort_all(&self) {
+        for socket in self.lock().values() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<TcpStream>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A socket's place in [`Sockets`], given back when its thread drops it.
+pub(crate) struct SocketSlot {
+    id: u64,
+    sockets: Arc<Sockets>,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.sockets.lock().remove(&self.id);
     }
 }

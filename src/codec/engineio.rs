@@ -77,11 +77,21 @@ pub(crate) fn encode(event: &Outgoing) -> String {
     }
 }
 
-/// The open packet, the first thing a client reads. The client gives up
-/// when no ping came for `pingInterval + pingTimeout`; the server gives up
-/// on a silent client after its idle timeout, so the two are made to agree.
+/// A new Engine.IO session id: 160 random bits, as hex. Unguessable, since
+/// on the HTTP port it is all that ties a long-polling request to its client.
+pub(crate) fn new_sid() -> String {
+    let mut bytes = [0u8; 20];
+    getrandom::fill(&mut bytes).expect("the OS gives random bytes");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The open packet, the first thing a client reads, offering `upgrades`.
+/// The client gives up when no ping came for `pingInterval + pingTimeout`;
+/// the server gives up on a silent client after its idle timeout, so the
+/// two are made to agree.
 pub(crate) fn open_packet(
     sid: &str,
+    upgrades: &[&str],
     ping_interval: Duration,
     idle_timeout: Duration,
     max_payload: usize,
@@ -92,7 +102,7 @@ pub(crate) fn open_packet(
         .max(1000);
     let open = json!({
         "sid": sid,
-        "upgrades": [],
+        "upgrades": upgrades,
         "pingInterval": ping_interval,
         "pingTimeout": ping_timeout,
         "maxPayload": max_payload,
@@ -279,8 +289,21 @@ mod tests {
     }
 
     #[test]
+    fn session_ids_are_long_and_fresh() {
+        let (a, b) = (new_sid(), new_sid());
+        assert_eq!(a.len(), 40);
+        assert_ne!(a, b);
+    }
+
+    #[test]
     fn the_open_packet_makes_both_sides_give_up_together() {
-        let open = open_packet("9", Duration::from_secs(25), Duration::from_secs(60), 100);
+        let open = open_packet(
+            "9",
+            &[],
+            Duration::from_secs(25),
+            Duration::from_secs(60),
+            100,
+        );
         assert_eq!(
             open,
             r#"0{"maxPayload":100,"pingInterval":25000,"pingTimeout":35000,"sid":"9","upgrades":[]}"#

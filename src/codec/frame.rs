@@ -17,6 +17,16 @@ pub(crate) fn header_len(len: usize) -> usize {
     }
 }
 
+/// The payload of a frame `frame` built (its header skipped).
+pub(crate) fn payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header..).unwrap_or_default()
+}
+
 fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let len = payload.len();
     let mut out = Vec::with_capacity(header_len(len) + len);
@@ -60,7 +70,9 @@ mod tests {
         let large = text(&vec![b'x'; 70_000]);
         assert_eq!(&large[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
         for len in [0, 125, 126, 65_535, 65_536] {
-            assert_eq!(text(&vec![0; len]).len(), header_len(len) + len);
+            let framed = text(&vec![7; len]);
+            assert_eq!(framed.len(), header_len(len) + len);
+            assert_eq!(payload(&framed), &vec![7; len][..]);
         }
         assert_eq!(
             &close(1001, "bye")[..],
