@@ -5,7 +5,7 @@
 //! replies go through the client's outbox like everything else.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,13 @@ pub(crate) fn serve(
     admission: Admission,
     shared: &Arc<Shared>,
 ) {
-    let client = Client::register(encoding, Some(Arc::clone(&socket)), admission, shared);
+    let Some(client) = Client::register(encoding, Some(Arc::clone(&socket)), admission, shared)
+    else {
+        // Shutdown began between the handshake and now: nobody else writes
+        // this socket yet, so its Close goes out directly.
+        let _ = (&*socket).write_all(&frame::close(1001, "server shutting down"));
+        return;
+    };
     let config = &shared.config;
     match encoding {
         Encoding::Native => client.outbox.push_now(&client.session.connected()),
@@ -109,8 +115,16 @@ pub(crate) fn run(mut client: Client, mut ws: Socket) {
     let stream = ws.get_mut();
     if let Some((code, reason)) = close {
         stream.close(code, reason);
-        linger(&stream.socket);
     }
+    // Wait (briefly) for the peer to close after our Close or Close reply,
+    // and for the writer to finish (a slow consumer's 1013 waits for its
+    // peer to read, up to the write timeout); then cut the socket. A writer
+    // never outlives its reader's place among the sockets.
+    linger(&stream.socket);
+    if let Some(outbox) = &stream.outbox {
+        outbox.wait_for_writer(stream.idle_timeout);
+    }
+    let _ = stream.socket.shutdown(Shutdown::Both);
 }
 
 /// Why a connection ends: with a Close of ours (code, reason), or without
@@ -162,8 +176,9 @@ pub(crate) fn next_message(ws: &mut Socket, id: impl std::fmt::Display) -> Resul
     }
 }
 
-/// After a Close we started (1009, 1007, 1002, idle), reads and drops what
-/// the peer still sends, until it closes or `LINGER` passes. Closing a socket
+/// After a Close (ours: 1009, 1007, 1002, idle; or our reply to the
+/// peer's), reads and drops what the peer still sends, until it closes or
+/// `LINGER` passes. Closing a socket
 /// with unread data makes the kernel answer with a reset, which can reach
 /// the peer before our Close frame does (a client still sending an oversized
 /// message would see a broken pipe instead of 1009).

@@ -17,7 +17,7 @@
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -34,6 +34,10 @@ pub(crate) const MAX_QUEUED_BYTES: usize = 1 << 20;
 pub(crate) const MAX_QUEUED_FRAMES: usize = 4096;
 /// At most this many frames go into one vectored write (Linux's IOV_MAX is 1024).
 const MAX_BATCH: usize = 512;
+/// A writer takes items off the queue until it holds this many bytes (or
+/// one item, however large). What it took no longer counts toward the
+/// queue's bounds, so a client holds at most the bounds plus one batch.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// A writer thread waits this long for more before it ends; a busy client
 /// keeps its writer, an idle one gives the thread back.
 const WRITER_LINGER: Duration = Duration::from_secs(2);
@@ -89,6 +93,9 @@ struct Queue {
     start_pending: AtomicBool,
     /// The socket the writer writes to; none while a client long-polls.
     socket: OnceLock<Arc<TcpStream>>,
+    /// Writer threads running (0 or 1), and a signal when one ends.
+    running: Mutex<usize>,
+    writer_ended: Condvar,
     encoding: Encoding,
     metrics: Arc<Metrics>,
 }
@@ -111,6 +118,8 @@ impl Outbox {
             writer: AtomicBool::new(false),
             start_pending: AtomicBool::new(false),
             socket: socket.map(OnceLock::from).unwrap_or_default(),
+            running: Mutex::new(0),
+            writer_ended: Condvar::new(),
             encoding,
             metrics,
         };
@@ -152,7 +161,10 @@ impl Outbox {
             let weight = item.weight();
             let frames = q.frames.fetch_add(1, Relaxed) + 1;
             let bytes = q.bytes.fetch_add(weight, Relaxed) + weight;
-            if frames > MAX_QUEUED_FRAMES || bytes > MAX_QUEUED_BYTES {
+            // One item gets into an empty queue whatever its size: a
+            // `joined` for a big room is not a sign of a slow reader.
+            let over = frames > MAX_QUEUED_FRAMES || bytes > MAX_QUEUED_BYTES;
+            if over && frames > 1 {
                 q.frames.fetch_sub(1, Relaxed);
                 q.bytes.fetch_sub(weight, Relaxed);
                 if !q.overflowed.swap(true, Relaxed) {
@@ -177,15 +189,32 @@ impl Outbox {
 
     fn start_writer(&self) {
         let queue = Arc::clone(&self.queue);
+        *queue.lock_running() += 1;
         let spawned = thread::Builder::new()
             .name("writer".into())
             .stack_size(WRITER_STACK)
-            .spawn(move || run_writer(&queue));
+            .spawn(move || {
+                run_writer(&queue);
+                *queue.lock_running() -= 1;
+                queue.writer_ended.notify_all();
+            });
         if let Err(e) = spawned {
+            *self.queue.lock_running() -= 1;
             // Without a writer the client would wait forever: end it instead.
             warn!("cannot start a writer thread: {e}; dropping the client");
             self.abort();
         }
+    }
+
+    /// Waits until no writer thread runs, or `timeout` passes. A reader
+    /// waits for its writer before it gives up its socket's place, so a
+    /// writer blocked on a peer that reads nothing is still counted.
+    pub(crate) fn wait_for_writer(&self, timeout: Duration) {
+        let running = self.queue.lock_running();
+        let _ = self
+            .queue
+            .writer_ended
+            .wait_timeout_while(running, timeout, |n| *n > 0);
     }
 
     /// A long-polling client moved to a WebSocket: from now on a writer
@@ -201,14 +230,16 @@ impl Outbox {
     /// `timeout` for one. What it returns counts as sent.
     pub(crate) fn take(&self, timeout: Duration) -> Option<Outbound> {
         let item = self.queue.rx.recv_timeout(timeout).ok()?;
-        self.queue.account(std::slice::from_ref(&item));
+        self.queue.release(std::slice::from_ref(&item));
+        self.queue.sent(std::slice::from_ref(&item));
         Some(item)
     }
 
     /// For a long-polling GET: the next item if one is queued.
     pub(crate) fn try_take(&self) -> Option<Outbound> {
         let item = self.queue.rx.try_recv().ok()?;
-        self.queue.account(std::slice::from_ref(&item));
+        self.queue.release(std::slice::from_ref(&item));
+        self.queue.sent(std::slice::from_ref(&item));
         Some(item)
     }
 }
@@ -266,7 +297,7 @@ fn run_writer(queue: &Queue) {
             break;
         }
         let written = batch.write(socket, queue.encoding);
-        queue.account(&batch.items);
+        queue.sent(&batch.items);
         batch.clear();
         match written {
             Ok(Written::All) => {}
@@ -294,14 +325,19 @@ enum Next {
 }
 
 impl Queue {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Waits up to `WRITER_LINGER` for the first item, then takes whatever
-    /// else is queued, up to `MAX_BATCH`.
+    /// else is queued, up to `MAX_BATCH` items and `MAX_BATCH_BYTES`.
     fn next_batch(&self, batch: &mut Batch) -> Next {
-        loop {
+        let mut bytes = loop {
             match self.rx.recv_timeout(WRITER_LINGER) {
                 Ok(first) => {
+                    let bytes = first.weight();
                     batch.items.push(first);
-                    break;
+                    break bytes;
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.give_back_role() {
@@ -310,13 +346,17 @@ impl Queue {
                 }
                 Err(RecvTimeoutError::Disconnected) => return Next::Gone,
             }
-        }
-        while batch.items.len() < MAX_BATCH {
+        };
+        while batch.items.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match self.rx.try_recv() {
-                Ok(item) => batch.items.push(item),
+                Ok(item) => {
+                    bytes += item.weight();
+                    batch.items.push(item);
+                }
                 Err(_) => break,
             }
         }
+        self.release(&batch.items);
         Next::Batch
     }
 
@@ -329,22 +369,23 @@ impl Queue {
         self.rx.is_empty() || self.writer.swap(true, SeqCst)
     }
 
-    /// Takes written items off the queue's bounds and counts the chat
-    /// events among them sent. Nothing after a Close is written.
-    fn account(&self, items: &[Outbound]) {
-        let (mut events, mut frames, mut bytes) = (0, 0, 0);
-        for item in items {
-            match item {
-                Outbound::Close(_) => break,
-                Outbound::Event(_) => events += 1,
-                _ => {}
-            }
-            frames += 1;
-            bytes += item.weight();
-        }
+    /// Takes items off the queue's bounds: a writer has them now.
+    fn release(&self, items: &[Outbound]) {
+        let counted = items.iter().filter(|i| !matches!(i, Outbound::Close(_)));
+        let (frames, bytes) = counted.fold((0, 0), |(n, b), i| (n + 1, b + i.weight()));
         self.frames.fetch_sub(frames, Relaxed);
         self.bytes.fetch_sub(bytes, Relaxed);
-        self.metrics.add_frames_sent(events);
+    }
+
+    /// Counts the chat events among written items sent (nothing after a
+    /// Close is written).
+    fn sent(&self, items: &[Outbound]) {
+        let events = items
+            .iter()
+            .take_while(|i| !matches!(i, Outbound::Close(_)))
+            .filter(|i| matches!(i, Outbound::Event(_)))
+            .count();
+        self.metrics.add_frames_sent(events as u64);
     }
 }
 

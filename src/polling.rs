@@ -140,7 +140,9 @@ impl Polling {
         let Some(admission) = shared.admit() else {
             return plain(503, "too many connections");
         };
-        let client = Client::register(Encoding::EngineIo, None, admission, shared);
+        let Some(client) = Client::register(Encoding::EngineIo, None, admission, shared) else {
+            return plain(503, "server is shutting down");
+        };
         let sid = engineio::new_sid();
         let config = &shared.config;
         let open = engineio::open_packet(

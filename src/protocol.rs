@@ -283,9 +283,9 @@ fn check_text(text: &str) -> Result<(), Rejection> {
 
 /// `{"id", "username"}`: one entry of `joined.users`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub(crate) struct UserInfo {
+pub(crate) struct UserInfo<'a> {
     pub(crate) id: String,
-    pub(crate) username: String,
+    pub(crate) username: &'a str,
 }
 
 /// `chatMessage` data, also what `joined.history` holds.
@@ -322,7 +322,7 @@ pub(crate) struct JoinedData<'a> {
     pub(crate) room: &'a str,
     pub(crate) username: &'a str,
     pub(crate) id: &'a str,
-    pub(crate) users: Vec<UserInfo>,
+    pub(crate) users: Vec<UserInfo<'a>>,
     pub(crate) history: Vec<&'a serde_json::value::RawValue>,
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::codec::Outgoing;
+use crate::codec::{to_raw, Outgoing};
 use crate::metrics::Metrics;
 use crate::protocol::{ChatMessageData, JoinedData, PresenceData, TypingData, UserInfo};
 
@@ -33,6 +33,10 @@ impl fmt::Display for ClientId {
 /// The request needs a room and the client is in none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotInRoom;
+
+/// Shutdown has begun: no client may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closing;
 
 /// A member's queue is past its bounds: the member is a slow consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +71,8 @@ pub struct Registry {
 struct Inner {
     clients: HashMap<ClientId, Client>,
     rooms: BTreeMap<String, Room>,
+    /// Shutdown has closed every client: no more may connect.
+    closing: bool,
 }
 
 struct Client {
@@ -86,7 +92,8 @@ struct Room {
 
 struct Member {
     id: ClientId,
-    username: String,
+    /// Shared with the `joined` snapshots that list it.
+    username: Arc<str>,
     mailbox: Arc<dyn Mailbox>,
 }
 
@@ -95,6 +102,9 @@ struct Member {
 struct Delivery {
     /// Slow consumers to take out of their rooms (still under the lock).
     evicted: Vec<ClientId>,
+    /// The requester's `ack`, queued last: after every frame the request
+    /// caused for it, the `userLeft` of members it pushed over the edge too.
+    ack: Option<(ClientId, Arc<Outgoing>)>,
     /// Mailboxes to wake once the lock is released.
     wake: Vec<Arc<dyn Mailbox>>,
 }
@@ -136,20 +146,36 @@ impl Room {
         }
     }
 
-    /// The `joined` answer for `id`: everyone here, and the history.
+    /// The `joined` answer for `id`: everyone here, and the history. Only
+    /// a snapshot is taken under the lock (names and messages are shared,
+    /// not copied); the JSON, which grows with the room, is written later
+    /// by the joiner's writer.
     fn joined(&self, name: &str, id: ClientId, username: &str) -> Arc<Outgoing> {
-        let users = self.members.iter().map(|m| UserInfo {
-            id: m.id.to_string(),
-            username: m.username.clone(),
-        });
-        let data = JoinedData {
-            room: name,
-            username,
-            id: &id.to_string(),
-            users: users.collect(),
-            history: self.history.iter().map(|m| &*m.data).collect(),
-        };
-        Outgoing::new("joined", &data, None)
+        let users: Vec<(ClientId, Arc<str>)> = self
+            .members
+            .iter()
+            .map(|m| (m.id, Arc::clone(&m.username)))
+            .collect();
+        let history: Vec<Arc<Outgoing>> = self.history.iter().cloned().collect();
+        let weight = users.iter().map(|(_, u)| u.len() + 32).sum::<usize>()
+            + history.iter().map(|m| m.weight()).sum::<usize>();
+        let (room, username) = (name.to_owned(), username.to_owned());
+        Outgoing::later("joined", weight, move || {
+            let data = JoinedData {
+                room: &room,
+                username: &username,
+                id: &id.to_string(),
+                users: users
+                    .iter()
+                    .map(|(id, username)| UserInfo {
+                        id: id.to_string(),
+                        username,
+                    })
+                    .collect(),
+                history: history.iter().map(|m| m.raw()).collect(),
+            };
+            to_raw(&data)
+        })
     }
 }
 
@@ -178,15 +204,21 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a connected client, not yet in a room.
-    pub fn connect(&self, id: ClientId, mailbox: Arc<dyn Mailbox>) {
-        self.lock().clients.insert(
+    /// Registers a connected client, not yet in a room; refused once
+    /// shutdown has begun (the client would miss its Close).
+    pub fn connect(&self, id: ClientId, mailbox: Arc<dyn Mailbox>) -> Result<(), Closing> {
+        let mut inner = self.lock();
+        if inner.closing {
+            return Err(Closing);
+        }
+        inner.clients.insert(
             id,
             Client {
                 mailbox,
                 room: None,
             },
         );
+        Ok(())
     }
 
     /// Forgets a client, telling its room `userLeft`. Safe to call twice.
@@ -303,7 +335,12 @@ impl Registry {
     /// are copied out first: closing may start a writer, not a thing to do
     /// under the lock.
     pub fn close_all(&self, code: u16, reason: &str) {
-        for mailbox in self.mailboxes() {
+        let mailboxes = {
+            let mut inner = self.lock();
+            inner.closing = true;
+            inner.mailboxes()
+        };
+        for mailbox in mailboxes {
             mailbox.close(code, reason);
         }
     }
@@ -346,8 +383,10 @@ impl Registry {
     /// `userLeft` may find more), refreshes the rooms gauge, unlocks, and
     /// only then wakes the mailboxes that the pushes asked for.
     fn finish(&self, mut inner: MutexGuard<'_, Inner>, mut d: Delivery) {
-        while let Some(id) = d.evicted.pop() {
-            inner.leave_room(id, &mut d);
+        inner.evict(&mut d);
+        if let Some((id, ack)) = d.ack.take() {
+            inner.send_to(id, &ack, &mut d);
+            inner.evict(&mut d);
         }
         self.metrics.set_rooms(inner.rooms.len());
         drop(inner);
@@ -378,6 +417,21 @@ impl Registry {
 }
 
 impl Inner {
+    fn mailboxes(&self) -> Vec<Arc<dyn Mailbox>> {
+        self.clients
+            .values()
+            .map(|c| Arc::clone(&c.mailbox))
+            .collect()
+    }
+
+    /// Takes the slow consumers found so far out of their rooms; their
+    /// `userLeft` may find more.
+    fn evict(&mut self, d: &mut Delivery) {
+        while let Some(id) = d.evicted.pop() {
+            self.leave_room(id, d);
+        }
+    }
+
     fn room_of(&self, id: ClientId) -> Option<String> {
         self.clients.get(&id)?.room.clone()
     }
@@ -388,9 +442,10 @@ impl Inner {
         }
     }
 
+    /// Sets the requester's `ack` aside; `finish` queues it last.
     fn send_ack(&self, id: ClientId, ack: Option<u64>, data: serde_json::Value, d: &mut Delivery) {
         if let Some(ack) = ack {
-            self.send_to(id, &Outgoing::new("ack", &data, Some(ack)), d);
+            d.ack = Some((id, Outgoing::new("ack", &data, Some(ack))));
         }
     }
 
@@ -399,10 +454,10 @@ impl Inner {
     fn rename(&mut self, id: ClientId, room: &str, username: &str, d: &mut Delivery) {
         let r = self.rooms.get_mut(room).expect("the client's room exists");
         let me = r.member_mut(id);
-        if me.username == username {
+        if &*me.username == username {
             return;
         }
-        let old = std::mem::replace(&mut me.username, username.to_owned());
+        let old = std::mem::replace(&mut me.username, username.into());
         r.send_all(&presence("userLeft", room, id, &old), Some(id), d);
         r.send_all(&presence("userJoined", room, id, username), Some(id), d);
     }
@@ -420,7 +475,7 @@ impl Inner {
         r.send_all(&presence("userJoined", room, id, username), None, d);
         r.members.push(Member {
             id,
-            username: username.to_owned(),
+            username: username.into(),
             mailbox,
         });
         true
@@ -482,7 +537,9 @@ mod tests {
         let receivers = (0..n)
             .map(|i| {
                 let (tx, rx) = crossbeam_channel::unbounded();
-                registry.connect(ClientId(i), Arc::new(Recorder(tx)));
+                registry
+                    .connect(ClientId(i), Arc::new(Recorder(tx)))
+                    .unwrap();
                 rx
             })
             .collect();
@@ -543,7 +600,7 @@ mod tests {
         let history: Vec<_> = inner.rooms["x"]
             .history
             .iter()
-            .map(|m| m.data.get().contains("\"seq\":3"))
+            .map(|m| m.data().contains("\"seq\":3"))
             .collect();
         assert_eq!(history, [true, false]);
     }

@@ -160,24 +160,26 @@ pub(crate) struct Client {
 
 impl Client {
     /// Registers a client speaking `encoding`, whose queue is written to
-    /// `socket` (none for a long-polling client, whose GETs take it).
+    /// `socket` (none for a long-polling client, whose GETs take it). None
+    /// once shutdown has begun.
     pub(crate) fn register(
         encoding: Encoding,
         socket: Option<Arc<TcpStream>>,
         admission: Admission,
         shared: &Arc<Shared>,
-    ) -> Client {
+    ) -> Option<Client> {
         let id = shared.next_client_id();
         let metrics = Arc::clone(&shared.metrics);
         let outbox = Arc::new(Outbox::new(socket, encoding, metrics));
+        let membership = Membership::register(id, outbox.clone(), shared)?;
         info!("client {id} connected ({encoding:?})");
-        Client {
+        Some(Client {
             session: Session::new(id, Arc::clone(&outbox), Arc::clone(shared)),
             codec: Codec::new(encoding, &id.to_string()),
-            _membership: Membership::register(id, outbox.clone(), shared),
+            _membership: membership,
             outbox,
             _admission: admission,
-        }
+        })
     }
 
     pub(crate) fn id(&self) -> ClientId {
@@ -193,12 +195,12 @@ struct Membership {
 }
 
 impl Membership {
-    fn register(id: ClientId, mailbox: Arc<dyn Mailbox>, shared: &Arc<Shared>) -> Self {
-        shared.registry.connect(id, mailbox);
-        Membership {
+    fn register(id: ClientId, mailbox: Arc<dyn Mailbox>, shared: &Arc<Shared>) -> Option<Self> {
+        shared.registry.connect(id, mailbox).ok()?;
+        Some(Membership {
             id,
             shared: Arc::clone(shared),
-        }
+        })
     }
 }
 

@@ -2,8 +2,11 @@
 //! than the server it measures, on one or a few threads.
 //!
 //! # Layout
-//! - `net`: non-blocking WebSocket client connections on one mio `Poll`
-//! - `proto`: the frames sent, a fast reader for the frames received, the clock
+//! - `net`: non-blocking WebSocket client connections on one mio `Poll`,
+//!   Engine.IO's handshake and pings inside them when asked
+//! - `proto`: the frames sent and a fast reader for the frames received, in
+//!   three dialects (roomchat native, roomchat over Socket.IO, the peers'
+//!   Socket.IO events); the clock
 //! - `server`: the server under test, started here or given by URL and PID
 //! - `report`: histograms, /proc readings, the table and the JSON line
 //! - `fanout`, `conns`, `churn`: the scenarios
@@ -80,7 +83,15 @@ enum Cmd {
 struct RunArgs {
     #[command(flatten)]
     server: server::ServerArgs,
-    /// Name of this run in the output.
+    /// What to speak: roomchat's native frames, roomchat over Socket.IO, or
+    /// the peers' (seed's) Socket.IO events.
+    #[arg(long, value_enum, default_value = "native")]
+    protocol: proto::Protocol,
+    /// Name of the server under test in the output (default: roomchat-native
+    /// or roomchat-socketio, or "peer").
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Name of this run (the case) in the output.
     #[arg(long, default_value = "run")]
     label: String,
     /// Give up (and fail) after this many seconds.
@@ -120,19 +131,54 @@ fn run(cmd: Cmd) -> Result<bool, String> {
     let nofile =
         rlimit::increase_nofile_limit(u64::MAX).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     let server = server::Server::start(&run.server)?;
-    let target = net::Target::parse(&server.url)?;
-    let timeout = Duration::from_secs(run.timeout);
+    let targets = net::Target::parse_all(&server.urls, run.protocol)?;
+    let server_name = run.server_name.clone().unwrap_or_else(|| match run.protocol {
+        proto::Protocol::Peer => "peer".into(),
+        p => format!("roomchat-{}", p.name()),
+    });
     eprintln!(
-        "roomchat-bench: {} (pid {:?}), open-file limit {nofile}",
-        server.url, server.pid
+        "roomchat-bench: {server_name} at {} (pid {:?}, {}), open-file limit {nofile}",
+        server.urls.join(" "),
+        server.pid,
+        run.protocol.name()
     );
-    let (pass, line) = match scenario {
-        Scenario::Fanout(a) => fanout::run(&a, &target, server.pid, &run.label, timeout),
-        Scenario::Conns(a) => conns::run(&a, &target, server.pid, &run.label, timeout),
-        Scenario::Churn(a) => churn::run(&a, &target, server.pid, &run.label, timeout),
+    let ctx = Ctx {
+        targets: &targets,
+        protocol: run.protocol,
+        pid: server.pid,
+        label: &run.label,
+        timeout: Duration::from_secs(run.timeout),
     };
+    let (pass, mut line) = match scenario {
+        Scenario::Fanout(a) => fanout::run(&a, &ctx),
+        Scenario::Conns(a) => conns::run(&a, &ctx),
+        Scenario::Churn(a) => churn::run(&a, &ctx),
+    };
+    if let Some(o) = line.as_object_mut() {
+        o.insert("server".into(), server_name.into());
+        o.insert("protocol".into(), run.protocol.name().into());
+        o.insert("urls".into(), server.urls.clone().into());
+        o.insert(
+            "cpus".into(),
+            serde_json::json!({
+                "server": server.pid.and_then(|p| report::cpus_allowed(Some(p))),
+                "bench": report::cpus_allowed(None),
+            }),
+        );
+    }
     report::emit(&line, run.json_out.as_deref()).map_err(|e| format!("writing results: {e}"))?;
     Ok(pass)
+}
+
+/// What every scenario gets: where to connect, in which dialect, the server's
+/// PID (for /proc readings) and the run's name and time limit.
+pub struct Ctx<'a> {
+    /// Connection i goes to `targets[i % len]` (`net::Net::connect`).
+    pub targets: &'a [net::Target],
+    pub protocol: proto::Protocol,
+    pub pid: Option<u32>,
+    pub label: &'a str,
+    pub timeout: Duration,
 }
 
 enum Scenario {

@@ -9,31 +9,45 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::proto::Protocol;
+
 /// The RFC 6455 sample key and its accept value: every handshake sends the same
 /// key, so the answer can be checked without SHA-1.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT: &[u8] = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const MAX_HEAD: usize = 16 * 1024;
 
-/// Where to connect: address, Host header and request path.
+/// Where to connect: address, Host header, request path, and whether
+/// Engine.IO runs inside the WebSocket.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
     pub path: String,
+    pub engine_io: bool,
 }
 
 impl Target {
-    /// Parses `ws://HOST:PORT[/path]`; the path defaults to `/ws`.
-    pub fn parse(url: &str) -> Result<Target, String> {
+    /// Parses `ws://HOST:PORT[/path]` (or `http://`, as the peers print it).
+    /// Native: the path defaults to `/ws`. Socket.IO: a path under
+    /// `/socket.io` is kept, any other becomes
+    /// `/socket.io/?EIO=4&transport=websocket`, so roomchat's startup line
+    /// (`ws://…/ws`) serves for both.
+    pub fn parse(url: &str, protocol: Protocol) -> Result<Target, String> {
         let rest = url
             .strip_prefix("ws://")
-            .ok_or_else(|| format!("not a ws:// URL: {url}"))?;
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| format!("not a ws:// or http:// URL: {url}"))?;
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/ws"),
+            None => (rest, ""),
         };
-        let path = if path == "/" { "/ws" } else { path };
+        let path = match protocol {
+            Protocol::Native if path.is_empty() || path == "/" => "/ws",
+            Protocol::Native => path,
+            _ if path.starts_with("/socket.io") => path,
+            _ => protocol.default_path(),
+        };
         let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
             .map_err(|e| format!("{host}: {e}"))?
             .next()
@@ -42,7 +56,26 @@ impl Target {
             addr,
             host: host.to_string(),
             path: path.to_string(),
+            engine_io: protocol.engine_io(),
         })
+    }
+
+    /// Every `--url`, in order; connection i of a scenario goes to
+    /// `targets[i % targets.len()]` (see `Net::connect`).
+    pub fn parse_all(urls: &[String], protocol: Protocol) -> Result<Vec<Target>, String> {
+        if urls.is_empty() {
+            return Err("no server URL".into());
+        }
+        urls.iter().map(|u| Target::parse(u, protocol)).collect()
+    }
+
+    fn request(&self) -> Vec<u8> {
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            self.path, self.host
+        )
+        .into_bytes()
     }
 }
 
@@ -66,9 +99,12 @@ pub enum Closed {
 
 /// What a connection reports to its scenario.
 pub enum Event<'a> {
-    /// The server answered `101 Switching Protocols`; time since `connect`.
+    /// Ready for events, with the time since `connect`: the server answered
+    /// `101 Switching Protocols` (native), or, over Engine.IO, also sent its
+    /// open packet and answered our `40` with `40{sid}`.
     Open(Duration),
-    /// One text frame's payload.
+    /// One text frame's payload (over Engine.IO: a Socket.IO packet, `42…`
+    /// or `43…`; the transport's own packets never come up).
     Text(&'a [u8]),
     /// The connection is gone; its id may be reused after this turn.
     Closed(Closed),
@@ -89,9 +125,22 @@ enum State {
     Closing,
 }
 
+/// Where an Engine.IO session is (`Off` for native WebSocket connections).
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Eio {
+    Off,
+    /// Upgraded; the server's open packet `0{...}` comes next.
+    AwaitOpen,
+    /// We sent `40`; waiting for `40{sid}`.
+    AwaitConnect,
+    Ready,
+}
+
 struct Conn {
     stream: TcpStream,
     state: State,
+    eio: Eio,
+    target: usize,
     started: Instant,
     /// Bytes read but not yet a whole frame (or the whole response head).
     partial: Vec<u8>,
@@ -106,8 +155,8 @@ pub struct Net {
     poll: Poll,
     events: Events,
     scratch: Vec<u8>,
-    target: Target,
-    request: Vec<u8>,
+    /// Each target with its upgrade request.
+    targets: Vec<(Target, Vec<u8>)>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     freed_this_turn: Vec<usize>,
@@ -117,21 +166,21 @@ pub struct Net {
     open: usize,
     /// Binary frames received (the protocol never sends them to a client).
     pub binary_frames: u64,
+    /// Engine.IO pings answered.
+    pub pings: u64,
 }
 
 impl Net {
-    pub fn new(target: &Target) -> io::Result<Net> {
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            target.path, target.host
-        );
+    /// A `Poll` for connections to these targets (at least one).
+    pub fn new(targets: &[Target]) -> io::Result<Net> {
+        if targets.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no target"));
+        }
         Ok(Net {
             poll: Poll::new()?,
             events: Events::with_capacity(4096),
             scratch: vec![0; 256 * 1024],
-            target: target.clone(),
-            request: request.into_bytes(),
+            targets: targets.iter().map(|t| (t.clone(), t.request())).collect(),
             conns: Vec::new(),
             free: Vec::new(),
             freed_this_turn: Vec::new(),
@@ -140,6 +189,7 @@ impl Net {
             rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()),
             open: 0,
             binary_frames: 0,
+            pings: 0,
         })
     }
 
@@ -148,15 +198,18 @@ impl Net {
         self.open
     }
 
-    /// Starts a TCP connect; the upgrade follows by itself. Returns the id.
-    /// A failure is reported as an event on the next turn, never here.
-    pub fn connect(&mut self) -> usize {
+    /// Starts a TCP connect to target `t` (modulo the number of targets:
+    /// pass a member's index to deal members round-robin); the upgrade (and
+    /// the Engine.IO handshake) follows by itself. Returns the id. A failure
+    /// is reported as an event on the next turn, never here.
+    pub fn connect(&mut self, t: usize) -> usize {
+        let t = t % self.targets.len();
         let id = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
         });
         self.open += 1;
-        match TcpStream::connect(self.target.addr) {
+        match TcpStream::connect(self.targets[t].0.addr) {
             Ok(mut stream) => {
                 let reg = self.poll.registry().register(
                     &mut stream,
@@ -167,6 +220,8 @@ impl Net {
                 self.conns[id] = Some(Conn {
                     stream,
                     state: State::Connecting,
+                    eio: Eio::Off,
+                    target: t,
                     started: Instant::now(),
                     partial: Vec::new(),
                     wbuf: Vec::new(),
@@ -332,7 +387,7 @@ impl Net {
                 Err(e) => return self.fail(h, id, Closed::Connect(e), now),
             }
             c.state = State::Handshake;
-            c.wbuf.extend_from_slice(&self.request);
+            c.wbuf.extend_from_slice(&self.targets[c.target].1);
         }
         self.flush(h, id, now);
     }
@@ -441,8 +496,12 @@ impl Net {
             let rest = c.partial.split_off(end + 4);
             c.partial = Vec::new();
             c.state = State::Open;
-            let took = now.saturating_duration_since(c.started);
-            h.event(self, id, Event::Open(took), now);
+            if self.targets[c.target].0.engine_io {
+                c.eio = Eio::AwaitOpen;
+            } else {
+                let took = now.saturating_duration_since(c.started);
+                h.event(self, id, Event::Open(took), now);
+            }
             if !rest.is_empty() {
                 self.frames(h, id, rest, now);
             }
@@ -512,7 +571,7 @@ impl Net {
             at += head + len;
             let closing = matches!(self.conns.get(id), Some(Some(c)) if c.state == State::Closing);
             match opcode {
-                0x1 if !closing => h.event(self, id, Event::Text(payload), now),
+                0x1 if !closing => self.text(h, id, payload, now),
                 0x1 => {}
                 0x2 => self.binary_frames += 1,
                 0x8 => {
@@ -535,6 +594,48 @@ impl Net {
             if !matches!(self.conns.get(id), Some(Some(_))) {
                 return buf.len();
             }
+        }
+    }
+
+    /// A text frame: the handler's, or over Engine.IO first the transport's.
+    fn text<H: Handler>(&mut self, h: &mut H, id: usize, payload: &[u8], now: Instant) {
+        let Some(Some(c)) = self.conns.get_mut(id) else {
+            return;
+        };
+        let (eio, started) = (c.eio, c.started);
+        if eio == Eio::Off {
+            return h.event(self, id, Event::Text(payload), now);
+        }
+        match (eio, payload.first()) {
+            // Ping (`2`, or `2probe`): answered with the same payload.
+            (_, Some(b'2')) => {
+                let mut pong = payload.to_vec();
+                pong[0] = b'3';
+                self.pings += 1;
+                self.send_frame(id, 0x1, &pong);
+            }
+            (Eio::AwaitOpen, Some(b'0')) => {
+                c.eio = Eio::AwaitConnect;
+                self.send_frame(id, 0x1, b"40");
+            }
+            (Eio::AwaitOpen, _) => {
+                self.fail(h, id, Closed::Protocol("no Engine.IO open packet"), now)
+            }
+            (Eio::AwaitConnect, _) if payload.starts_with(b"40") => {
+                c.eio = Eio::Ready;
+                let took = now.saturating_duration_since(started);
+                h.event(self, id, Event::Open(took), now);
+            }
+            (Eio::AwaitConnect, _) if payload.starts_with(b"44") => {
+                self.fail(h, id, Closed::Protocol("Socket.IO connect_error"), now)
+            }
+            (Eio::AwaitConnect, _) => {}
+            (_, Some(b'1')) => self.fail(h, id, Closed::Protocol("Engine.IO close"), now),
+            (_, _) if payload.starts_with(b"41") => {
+                self.fail(h, id, Closed::Protocol("Socket.IO disconnect"), now)
+            }
+            (_, Some(b'4')) => h.event(self, id, Event::Text(payload), now),
+            _ => {} // pong, noop
         }
     }
 

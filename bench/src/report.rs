@@ -100,6 +100,19 @@ impl Usage {
     }
 }
 
+/// The CPUs a process may run on (`Cpus_allowed_list`, e.g. "0" or "0-1"):
+/// shows in the results whether a run was pinned. `None` is this process.
+pub fn cpus_allowed(pid: Option<u32>) -> Option<String> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".into(),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+}
+
 /// CPU seconds (user + system) a process has used so far; `None` is this
 /// process. Assumes the usual 100 clock ticks per second.
 pub fn cpu_secs(pid: Option<u32>) -> Option<f64> {

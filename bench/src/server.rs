@@ -11,11 +11,14 @@ use clap::Args;
 
 #[derive(Args, Clone, Debug)]
 pub struct ServerArgs {
-    /// WebSocket URL of a running server (ws://HOST:PORT/ws). Without it the
-    /// bench starts --server-bin itself.
+    /// URL of a running server: ws://HOST:PORT/ws as roomchat prints it, or
+    /// http://HOST:PORT as the peers do (the path follows --protocol).
+    /// Repeatable: connections are dealt round-robin over the URLs (members of
+    /// one room spread over several servers). Without it the bench starts
+    /// --server-bin itself.
     #[arg(long)]
-    pub url: Option<String>,
-    /// PID of that server, for RSS and threads from /proc/PID/status.
+    pub url: Vec<String>,
+    /// PID of that server, for RSS, threads and CPU from /proc/PID.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Server binary to start when no --url is given.
@@ -27,16 +30,16 @@ pub struct ServerArgs {
 }
 
 pub struct Server {
-    pub url: String,
+    pub urls: Vec<String>,
     pub pid: Option<u32>,
     child: Option<Child>,
 }
 
 impl Server {
     pub fn start(a: &ServerArgs) -> Result<Server, String> {
-        if let Some(url) = &a.url {
+        if !a.url.is_empty() {
             return Ok(Server {
-                url: url.clone(),
+                urls: a.url.clone(),
                 pid: a.server_pid,
                 child: None,
             });
@@ -61,7 +64,7 @@ impl Server {
             for _ in lines {} // keep the pipe drained
         });
         let mut server = Server {
-            url: String::new(),
+            urls: Vec::new(),
             pid: Some(child.id()),
             child: Some(child),
         };
@@ -69,7 +72,7 @@ impl Server {
             Ok(Some(Ok(line))) => line,
             _ => return Err("the server printed no startup line within 10 s".into()),
         };
-        server.url = ws_url(&line).ok_or_else(|| format!("no ws:// URL in {line:?}"))?;
+        server.urls = vec![ws_url(&line).ok_or_else(|| format!("no ws:// URL in {line:?}"))?];
         Ok(server)
     }
 }

@@ -87,7 +87,7 @@ impl World {
         let id = ClientId(self.next_id);
         self.next_id += 1;
         let (tx, rx) = crossbeam_channel::unbounded();
-        self.registry.connect(id, Arc::new(Recorder(tx)));
+        self.registry.connect(id, Arc::new(Recorder(tx))).unwrap();
         Slot {
             id,
             connected: true,

@@ -72,8 +72,8 @@ impl Decoder {
 /// it answers a request that asked for an acknowledgement.
 pub(crate) fn encode(event: &Outgoing) -> String {
     match event.ack {
-        Some(ack) => format!("43{ack}[{}]", event.data.get()),
-        None => format!(r#"42["{}",{}]"#, event.name, event.data.get()),
+        Some(ack) => format!("43{ack}[{}]", event.data()),
+        None => format!(r#"42["{}",{}]"#, event.name, event.data()),
     }
 }
 

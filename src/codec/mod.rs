@@ -13,7 +13,7 @@ pub(crate) mod engineio;
 pub(crate) mod frame;
 pub(crate) mod native;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -87,12 +87,26 @@ pub(crate) enum Encoding {
 /// One server event: a name and its data, plus the `ack` it answers.
 /// Built once and shared (an `Arc`) by every recipient; the WebSocket frame
 /// for each encoding is made by the first writer that needs it, then reused.
-#[derive(Debug)]
 pub struct Outgoing {
     pub(crate) name: &'static str,
-    pub(crate) data: Box<RawValue>,
     pub(crate) ack: Option<u64>,
+    data: OnceLock<Box<RawValue>>,
+    /// How to build `data` for an event made with [`Outgoing::later`].
+    later: Mutex<Option<Build>>,
+    weight: usize,
     frames: [OnceLock<Box<[u8]>>; 2],
+}
+
+type Build = Box<dyn FnOnce() -> Box<RawValue> + Send>;
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("name", &self.name)
+            .field("ack", &self.ack)
+            .field("data", &self.data.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Outgoing {
@@ -101,12 +115,33 @@ impl Outgoing {
         data: &T,
         ack: Option<u64>,
     ) -> Arc<Outgoing> {
-        let data = serde_json::value::to_raw_value(data)
-            .expect("event data is plain JSON and always serializes");
+        let data = to_raw(data);
+        let weight = data.get().len() + OVERHEAD;
         Arc::new(Outgoing {
             name,
-            data,
             ack,
+            data: OnceLock::from(data),
+            later: Mutex::new(None),
+            weight,
+            frames: Default::default(),
+        })
+    }
+
+    /// An event whose data is serialized when first needed, by whoever
+    /// needs it first (a writer, outside every lock); `weight` is its size
+    /// as well as it is known now. For `joined`, whose data grows with the
+    /// room.
+    pub(crate) fn later(
+        name: &'static str,
+        weight: usize,
+        build: impl FnOnce() -> Box<RawValue> + Send + 'static,
+    ) -> Arc<Outgoing> {
+        Arc::new(Outgoing {
+            name,
+            ack: None,
+            data: OnceLock::new(),
+            later: Mutex::new(Some(Box::new(build))),
+            weight: weight + OVERHEAD,
             frames: Default::default(),
         })
     }
@@ -118,12 +153,19 @@ impl Outgoing {
 
     /// The event's `data`, as JSON text.
     pub fn data(&self) -> &str {
-        self.data.get()
+        self.raw().get()
     }
 
     /// The `ack` this event answers, if it is an answer.
     pub fn ack(&self) -> Option<u64> {
         self.ack
+    }
+
+    pub(crate) fn raw(&self) -> &RawValue {
+        self.data.get_or_init(|| {
+            let build = self.later.lock().unwrap_or_else(|p| p.into_inner()).take();
+            build.expect("an event's data is either given or built later")()
+        })
     }
 
     /// The complete WebSocket frame in `encoding`.
@@ -139,8 +181,17 @@ impl Outgoing {
 
     /// A size for queue accounting, known before any encoding.
     pub(crate) fn weight(&self) -> usize {
-        self.data.get().len() + 48
+        self.weight
     }
+}
+
+/// The bytes an encoding adds around an event's data, roughly.
+const OVERHEAD: usize = 48;
+
+/// Serializes event data. Event data is plain JSON (strings, numbers,
+/// objects): it always serializes.
+pub(crate) fn to_raw<T: Serialize + ?Sized>(data: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(data).expect("event data is plain JSON and always serializes")
 }
 
 #[cfg(test)]
@@ -158,5 +209,16 @@ mod tests {
         );
         assert!(std::ptr::eq(native, ev.frame(Encoding::Native)));
         assert_eq!(&ev.frame(Encoding::EngineIo)[2..], br#"437[{"ok":true}]"#);
+    }
+
+    #[test]
+    fn data_built_later_is_built_once_when_first_needed() {
+        let ev = Outgoing::later("joined", 10, || to_raw(&json!({"users": []})));
+        assert_eq!(ev.weight(), 10 + OVERHEAD);
+        assert_eq!(ev.data(), r#"{"users":[]}"#);
+        assert_eq!(
+            &ev.frame(Encoding::Native)[2..],
+            br#"{"event":"joined","data":{"users":[]}}"#
+        );
     }
 }

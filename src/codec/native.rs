@@ -12,7 +12,7 @@ pub(crate) fn decode(text: &str) -> Inbound {
 /// A server event as the JSON text of one frame: `ack` sits beside `event`
 /// and `data`, as the protocol's examples show it.
 pub(crate) fn encode(event: &Outgoing) -> String {
-    let data = event.data.get();
+    let data = event.data();
     let mut json = String::with_capacity(data.len() + event.name.len() + 40);
     json.push_str(r#"{"event":""#);
     json.push_str(event.name);
