@@ -361,10 +361,11 @@ impl Refusal {
         self
     }
 
-    /// Engine.IO's error answer: HTTP 400 with `{"code": n, "message": "..."}`.
+    /// Engine.IO's error answer: HTTP 400 (403 for code 4, Forbidden)
+    /// with `{"code": n, "message": "..."}`.
     pub(crate) fn engine_io(code: u8, message: &str) -> Refusal {
         Refusal {
-            status: 400,
+            status: if code == 4 { 403 } else { 400 },
             headers: Vec::new(),
             content_type: "application/json",
             body: format!(r#"{{"code":{code},"message":"{message}"}}"#),

@@ -134,6 +134,10 @@ enum Route {
     Config,
     Rooms,
     Metrics,
+    /// `/socket.io/`: Engine.IO's endpoint (here only for its preflight).
+    EngineIo,
+    /// The official Socket.IO client bundle, by file name.
+    Bundle(&'static str, &'static [u8]),
     /// A file of the client: its checked relative path, and the file.
     File(String, FileBody),
 }
@@ -146,6 +150,12 @@ impl Route {
             "/config.json" => Route::Config,
             "/api/rooms" => Route::Rooms,
             "/metrics" => Route::Metrics,
+            "/socket.io/" => Route::EngineIo,
+            _ if path.starts_with("/socket.io/") => {
+                let name = &path["/socket.io/".len()..];
+                let (name, bytes) = embedded::SOCKETIO_FILES.iter().find(|(n, _)| *n == name)?;
+                Route::Bundle(name, bytes)
+            }
             _ => {
                 let rel = relative_path(path)?;
                 let file = assets.get(&rel)?;
@@ -162,7 +172,7 @@ fn respond(head: &Head, site: &Site) -> Answer {
     let origin = head.header("Origin").filter(|o| site.origins.allows(o));
     let mut answer = match head.method.as_str() {
         "GET" | "HEAD" => match Route::find(path, &site.assets) {
-            Some(route) => serve(route, site),
+            Some(route) => serve(route, head, site),
             None => plain(404, "not found"),
         },
         "OPTIONS" => preflight(head, path, origin, site),
@@ -175,9 +185,12 @@ fn respond(head: &Head, site: &Site) -> Answer {
     answer
 }
 
-fn serve(route: Route, site: &Site) -> Answer {
+fn serve(route: Route, head: &Head, site: &Site) -> Answer {
     let shared = &site.shared;
     match route {
+        // Long-polling and upgrades never get here (see `accept.rs`).
+        Route::EngineIo => plain(400, "not an Engine.IO request"),
+        Route::Bundle(name, bytes) => bundle(name, bytes, head),
         Route::Healthz => answer(200, "text/plain", b"ok".to_vec()),
         Route::Config => {
             let config = json!({"wsPort": site.ws_port, "wsPath": "/ws"});
@@ -218,14 +231,50 @@ fn serve(route: Route, site: &Site) -> Answer {
     }
 }
 
-/// CORS preflight: 204 on a known path; the grant only for an allowed origin.
+/// A file of the Socket.IO client, as the Socket.IO server sends it: its
+/// version as the ETag, and 304 when the browser already has it.
+fn bundle(name: &str, bytes: &'static [u8], head: &Head) -> Answer {
+    let etag = format!("\"{}\"", embedded::SOCKETIO_VERSION);
+    let cached = head.header("If-None-Match").is_some_and(|tags| {
+        tags.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == etag || t == "*")
+    });
+    let mut answer = if cached {
+        let body: Box<dyn Read + Send> = Box::new(std::io::empty());
+        Response::new(StatusCode(304), Vec::new(), body, Some(0), None)
+    } else {
+        let content_type = if name.ends_with(".map") {
+            "application/json; charset=utf-8"
+        } else {
+            "application/javascript; charset=utf-8"
+        };
+        let body: Box<dyn Read + Send> = Box::new(Cursor::new(bytes));
+        Response::new(StatusCode(200), Vec::new(), body, Some(bytes.len()), None)
+            .with_header(header("Content-Type", content_type))
+    };
+    answer.add_header(header("Cache-Control", "public, max-age=0"));
+    answer.add_header(header("ETag", &etag));
+    answer
+}
+
+/// CORS preflight: 204 on a known path; the grant only for an allowed
+/// origin. Engine.IO's endpoint also takes POST, with credentials.
 fn preflight(head: &Head, path: &str, origin: Option<&str>, site: &Site) -> Answer {
-    if Route::find(path, &site.assets).is_none() {
+    let Some(route) = Route::find(path, &site.assets) else {
         return plain(404, "not found");
-    }
+    };
     let mut answer = answer(204, "text/plain; charset=utf-8", Vec::new());
     if origin.is_some() {
-        answer.add_header(header("Access-Control-Allow-Methods", ALLOW));
+        if let Route::EngineIo = route {
+            answer.add_header(header(
+                "Access-Control-Allow-Methods",
+                "GET, HEAD, OPTIONS, POST",
+            ));
+            answer.add_header(header("Access-Control-Allow-Credentials", "true"));
+        } else {
+            answer.add_header(header("Access-Control-Allow-Methods", ALLOW));
+        }
         if let Some(requested) = head.header("Access-Control-Request-Headers") {
             answer.add_header(header("Access-Control-Allow-Headers", requested));
         }
@@ -333,5 +382,12 @@ mod tests {
         assert!(matches!(find("/api/rooms"), Some(Route::Rooms)));
         assert!(matches!(find("/"), Some(Route::File(rel, _)) if rel == "index.html"));
         assert!(find("/api/nope").is_none());
+        assert!(matches!(find("/socket.io/"), Some(Route::EngineIo)));
+        assert!(matches!(
+            find("/socket.io/socket.io.min.js"),
+            Some(Route::Bundle(..))
+        ));
+        assert!(find("/socket.io/socket.io.msgpack.min.js").is_none());
+        assert!(find("/socket.io/../index.html").is_none());
     }
 }

@@ -71,6 +71,13 @@ impl Outbound {
     }
 }
 
+/// What a long-polling GET found.
+pub(crate) enum Taken<T> {
+    Item(Outbound),
+    Other(T),
+    Nothing,
+}
+
 /// A client's queue, and the socket its writer writes to.
 pub(crate) struct Outbox {
     tx: Sender<Outbound>,
@@ -226,13 +233,22 @@ impl Outbox {
         }
     }
 
-    /// For a long-polling GET: the next queued item, waiting up to
-    /// `timeout` for one. What it returns counts as sent.
-    pub(crate) fn take(&self, timeout: Duration) -> Option<Outbound> {
-        let item = self.queue.rx.recv_timeout(timeout).ok()?;
-        self.queue.release(std::slice::from_ref(&item));
-        self.queue.sent(std::slice::from_ref(&item));
-        Some(item)
+    /// For a long-polling GET: the next queued item, or a message on
+    /// `other`, whichever comes first within `timeout`. What it returns
+    /// counts as sent.
+    pub(crate) fn take_or<T>(&self, other: &Receiver<T>, timeout: Duration) -> Taken<T> {
+        crossbeam_channel::select! {
+            recv(self.queue.rx) -> item => match item {
+                Ok(item) => {
+                    self.queue.release(std::slice::from_ref(&item));
+                    self.queue.sent(std::slice::from_ref(&item));
+                    Taken::Item(item)
+                }
+                Err(_) => Taken::Nothing,
+            },
+            recv(other) -> message => message.map_or(Taken::Nothing, Taken::Other),
+            default(timeout) => Taken::Nothing,
+        }
     }
 
     /// For a long-polling GET: the next item if one is queued.

@@ -11,18 +11,25 @@
 //!   an idle polling client between its requests.
 //! - `POST …&sid=` carries packets from the client, decoded and handled by
 //!   the same codec and session as over WebSocket.
-//! - A WebSocket with `sid=` upgrades the session (`2probe`, `3probe`, `5`):
-//!   the queue is handed to a WebSocket writer, so no frame is lost or
-//!   repeated across the upgrade.
+//! - A WebSocket with `sid=` takes the session over (`2probe`, `3probe`,
+//!   `5`): the queue is handed to a WebSocket writer, so no frame is lost
+//!   or repeated across the upgrade. While it probes, every GET is answered
+//!   with a noop at once, so the client can pause polling; noops are never
+//!   queued (a queued one could reach the WebSocket).
 //!
-//! One timer thread sends every session its pings and drops the sessions
+//! One timer thread sends every session its pings, and ends the sessions
 //! that went silent past the ping interval plus the ping timeout.
+//!
+//! Where engine.io and roomchat differ, roomchat's rules win: a packet that
+//! cannot be decoded gets an `error` event and the session goes on.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info};
 use tungstenite::Message;
 
@@ -30,7 +37,7 @@ use crate::accept::{answer_deadline, switch_protocols, Refusal};
 use crate::codec::{engineio, frame, Encoding};
 use crate::connection;
 use crate::httpconn::{answer, header, plain, Answer, Body, Conn, Head};
-use crate::outbox::{Outbound, Outbox};
+use crate::outbox::{Outbound, Outbox, Taken};
 use crate::session::{Client, Flow};
 use crate::shared::Shared;
 
@@ -39,7 +46,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// How long an upgrading client has to finish its probe (engine.io's default).
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Packets in one payload are separated by this byte (Engine.IO 4).
-const SEPARATOR: u8 = 0x1e;
+const SEPARATOR: char = '\u{1e}';
 
 /// The long-polling sessions, by `sid`.
 pub(crate) struct Polling {
@@ -54,6 +61,17 @@ struct Poll {
     state: Mutex<State>,
     /// A GET is being held: a second one at once is refused.
     polling: AtomicBool,
+    /// Releases a held GET without queuing anything for the client.
+    release: (Sender<Release>, Receiver<Release>),
+}
+
+/// What a held GET is released with.
+#[derive(Debug, Clone, Copy)]
+enum Release {
+    /// `6`: poll again (the client is upgrading, or said goodbye).
+    Noop,
+    /// `1`: the session is over.
+    Close,
 }
 
 struct State {
@@ -62,8 +80,10 @@ struct State {
     /// When a packet last came from the client.
     heard: Instant,
     next_ping: Instant,
-    /// A WebSocket is probing to take the session over.
+    /// A WebSocket has sent `2probe` and may take the session over.
     upgrading: bool,
+    /// A WebSocket took the session over: polling requests get `400`.
+    upgraded: bool,
 }
 
 impl Polling {
@@ -78,8 +98,19 @@ impl Polling {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The live session `sid`. One gone silent is ended here, if the timer
+    /// has not got to it yet.
     fn find(&self, sid: &str) -> Option<Arc<Poll>> {
-        self.sessions().get(sid).cloned()
+        let poll = self.sessions().get(sid).cloned()?;
+        if self.silent(&poll.state()) {
+            self.end(&poll, "silent past the ping timeout", Release::Close);
+            return None;
+        }
+        Some(poll)
+    }
+
+    fn silent(&self, state: &State) -> bool {
+        state.client.is_some() && state.heard.elapsed() >= self.shared.config.idle_timeout
     }
 
     /// A long-polling request on `conn`. False when the connection ends.
@@ -90,7 +121,9 @@ impl Polling {
             Ok(answer) => answer,
             Err(refusal) => (refusal.into_answer(), head.body() == Body::None),
         };
-        let mut answer = answer.with_header(header("Vary", "Origin"));
+        let mut answer = answer
+            .with_header(header("Cache-Control", "no-store"))
+            .with_header(header("Vary", "Origin"));
         if let Some(origin) = origin.filter(|o| shared.handshake_origins.allows(o)) {
             answer.add_header(header("Access-Control-Allow-Origin", origin));
             answer.add_header(header("Access-Control-Allow-Credentials", "true"));
@@ -104,7 +137,7 @@ impl Polling {
         true
     }
 
-    /// Checks a request as engine.io does (origin, version, method, sid)
+    /// Checks a request as engine.io does (origin, sid, method, version)
     /// and answers it; the bool says whether the connection may go on.
     fn answer(&self, conn: &mut Conn, head: &Head) -> Result<(Answer, bool), Refusal> {
         if let Some(origin) = head.header("Origin") {
@@ -112,21 +145,25 @@ impl Polling {
                 return Err(Refusal::engine_io(4, "Forbidden"));
             }
         }
-        if head.param("EIO") != Some("4") {
-            return Err(Refusal::engine_io(5, "Unsupported protocol version"));
-        }
         let Some(sid) = head.param("sid") else {
             if head.method != "GET" {
                 return Err(Refusal::engine_io(2, "Bad handshake method"));
+            }
+            if head.param("EIO") != Some("4") {
+                return Err(Refusal::engine_io(5, "Unsupported protocol version"));
             }
             return Ok((self.open(), true));
         };
         let poll = self
             .find(sid)
             .ok_or(Refusal::engine_io(1, "Session ID unknown"))?;
+        if poll.state().upgraded {
+            // The session lives on, over its WebSocket.
+            return Err(Refusal::engine_io(3, "Bad request"));
+        }
         match head.method.as_str() {
-            "GET" => Ok((self.poll(&poll)?, true)),
-            "POST" => self.post(conn, head, &poll),
+            "GET" => Ok((self.poll(&poll), true)),
+            "POST" => Ok(self.post(conn, head, &poll)),
             _ => Err(Refusal::engine_io(2, "Bad handshake method")),
         }
     }
@@ -161,8 +198,10 @@ impl Polling {
                 heard: now,
                 next_ping: now + config.ping_interval,
                 upgrading: false,
+                upgraded: false,
             }),
             polling: AtomicBool::new(false),
+            release: crossbeam_channel::bounded(1),
         });
         self.sessions().insert(sid, poll);
         packets(open.into_bytes())
@@ -170,111 +209,123 @@ impl Polling {
 
     /// A held GET: waits for what is queued (the next ping at the latest)
     /// and answers with all of it.
-    fn poll(&self, poll: &Poll) -> Result<Answer, Refusal> {
-        if poll.state().client.is_none() {
-            // Upgraded: this session's packets go over its WebSocket now.
-            return Err(Refusal::engine_io(3, "Bad request"));
+    fn poll(&self, poll: &Poll) -> Answer {
+        if poll.state().upgrading {
+            return packets(b"6".to_vec());
         }
         if poll.polling.swap(true, Ordering::SeqCst) {
-            // Two GETs at once: engine.io ends such a session.
-            self.end(poll, "overlapping polls");
-            return Err(Refusal::engine_io(3, "Bad request"));
+            // Two GETs at once: engine.io ends such a session, so as to
+            // keep one order. The held one gets the close packet.
+            self.end(poll, "overlapping polls", Release::Close);
+            return answer(400, "text/plain; charset=utf-8", Vec::new());
         }
+        let (_, release) = &poll.release;
+        while release.try_recv().is_ok() {} // meant for an earlier GET
         let wait = self.shared.config.ping_interval + TICK * 4;
         let mut payload = Vec::new();
-        if let Some(first) = poll.outbox.take(wait) {
-            let mut item = Some(first);
-            while let Some(next) = item {
-                let closing = matches!(next, Outbound::Close(_));
-                append(&mut payload, &next);
-                if closing {
-                    break;
+        match poll.outbox.take_or(release, wait) {
+            Taken::Item(first) => {
+                let mut item = Some(first);
+                while let Some(next) = item {
+                    let closing = matches!(next, Outbound::Close(_));
+                    append(&mut payload, &next);
+                    item = if closing {
+                        None
+                    } else {
+                        poll.outbox.try_take()
+                    };
                 }
-                item = poll.outbox.try_take();
             }
-        }
-        if payload.is_empty() {
-            payload.push(b'6'); // noop: nothing came, the client polls again
+            Taken::Other(Release::Close) => payload.push(b'1'),
+            Taken::Other(Release::Noop) | Taken::Nothing => payload.push(b'6'),
         }
         poll.polling.store(false, Ordering::SeqCst);
-        Ok(packets(payload))
+        packets(payload)
     }
 
-    /// A POST: the client's packets, decoded and handled in order.
-    fn post(&self, conn: &mut Conn, head: &Head, poll: &Poll) -> Result<(Answer, bool), Refusal> {
+    /// A POST: the client's packets, decoded and handled in order. A body
+    /// too large ends the session; one not read ends the connection.
+    fn post(&self, conn: &mut Conn, head: &Head, poll: &Poll) -> (Answer, bool) {
         let max = self.shared.config.max_message_bytes;
         let len = match head.body() {
             Body::None => 0,
             Body::Length(len) if len <= max as u64 => len as usize,
-            // Unread, the body ends the connection after the answer.
-            Body::Length(_) => return Ok((plain(413, "payload too large"), false)),
-            Body::Unknown => return Ok((plain(411, "a Content-Length is required"), false)),
+            Body::Length(_) => {
+                self.end(poll, "a payload over the size limit", Release::Close);
+                return (answer(413, "text/plain; charset=utf-8", Vec::new()), false);
+            }
+            Body::Unknown => return (plain(411, "a Content-Length is required"), false),
         };
         if head.has_token("Expect", "100-continue") {
-            use std::io::Write;
             let _ = (&*conn.socket).write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         let deadline = Instant::now() + self.shared.config.handshake_timeout;
         let Ok(body) = conn.read_body(len, deadline) else {
-            return Ok((plain(400, "body not received in time"), false));
+            return (plain(408, "the body did not arrive in time"), false);
         };
-        let Ok(body) = std::str::from_utf8(&body) else {
-            self.end(poll, "a payload that is not text");
-            return Err(Refusal::engine_io(3, "Bad request"));
+        let Ok(body) = String::from_utf8(body) else {
+            self.end(poll, "a payload that is not text", Release::Close);
+            return (answer(400, "text/plain; charset=utf-8", Vec::new()), true);
         };
         let mut state = poll.state();
-        state.heard = Instant::now();
         let Some(client) = state.client.as_mut() else {
-            return Err(Refusal::engine_io(3, "Bad request"));
+            drop(state);
+            return (
+                Refusal::engine_io(1, "Session ID unknown").into_answer(),
+                true,
+            );
         };
-        let mut ended = false;
-        for packet in body.split(char::from(SEPARATOR)) {
+        let mut goodbye = false;
+        for packet in body.split(SEPARATOR).filter(|p| !p.is_empty()) {
             let inbound = client.codec.decode(packet);
             if client.session.handle(inbound) == Flow::End {
-                ended = true;
+                goodbye = true;
                 break;
             }
         }
+        state.heard = Instant::now();
         drop(state);
-        if ended {
-            self.end(poll, "the client closed it");
+        if goodbye {
+            // The client closes: its held GET is told to poll no more.
+            self.end(poll, "the client closed it", Release::Noop);
         }
-        Ok((answer(200, "text/html", b"ok".to_vec()), true))
+        (answer(200, "text/html", b"ok".to_vec()), true)
     }
 
     /// A WebSocket taking over session `sid`: answers the probe, and on the
-    /// client's `5` hands it the queue and becomes the client's reader.
+    /// client's `5` hands it the queue and becomes the client's reader. A
+    /// probe that fails leaves the session polling.
     pub(crate) fn upgrade(&self, mut conn: Conn, sid: &str, accept_key: &str, deadline: Instant) {
         let shared = &self.shared;
-        let Some(poll) = self.find(sid) else {
+        let poll = self.find(sid).filter(|p| {
+            let state = p.state();
+            state.client.is_some() && !state.upgrading
+        });
+        let Some(poll) = poll else {
             let refusal = Refusal::engine_io(1, "Session ID unknown");
             return refusal.send(&mut conn, answer_deadline(shared));
         };
-        {
-            let mut state = poll.state();
-            if state.client.is_none() || state.upgrading {
-                drop(state);
-                let refusal = Refusal::engine_io(3, "Bad request");
-                return refusal.send(&mut conn, answer_deadline(shared));
-            }
-            state.upgrading = true;
-        }
         if switch_protocols(&conn, accept_key, deadline).is_err() {
-            poll.state().upgrading = false;
             return;
         }
         let socket = Arc::clone(&conn.socket);
         let mut ws = connection::websocket(Arc::clone(&socket), conn.pending, None, shared);
         ws.get_mut().set_deadline(Instant::now() + UPGRADE_TIMEOUT);
-        let upgraded = self.probe(&mut ws, &poll);
-        if !upgraded {
+        if !self.probe(&mut ws, &poll) {
             poll.state().upgrading = false;
             return debug!("session {sid}: upgrade probe failed");
         }
-        let Some(client) = poll.state().client.take() else {
-            return;
+        let client = {
+            let mut state = poll.state();
+            state.upgrading = false;
+            state.upgraded = true;
+            state.client.take()
         };
-        self.sessions().remove(&poll.sid);
+        let Some(client) = client else {
+            return; // ended meanwhile
+        };
+        // A GET still held gets the close packet: polling is over.
+        let _ = poll.release.0.try_send(Release::Close);
         info!("client {} upgraded to WebSocket", client.id());
         // From here the queue is written to this socket, by a writer.
         poll.outbox.attach(socket);
@@ -285,8 +336,8 @@ impl Polling {
     }
 
     /// The probe: `2probe` is answered `3probe` (directly: the socket has
-    /// no writer yet), and a held GET is released with a noop so that the
-    /// client can pause polling; true once the client sends `5`.
+    /// no writer yet) and the session marked upgrading, which releases a
+    /// held GET with a noop; true once the client sends `5`.
     fn probe(&self, ws: &mut connection::Socket, poll: &Poll) -> bool {
         while let Ok(message) = connection::next_message(ws, &poll.sid) {
             match message {
@@ -294,9 +345,10 @@ impl Polling {
                     if ws.send(Message::text("3probe")).is_err() {
                         return false;
                     }
-                    poll.outbox.control(Outbound::Packet("6".into()));
+                    poll.state().upgrading = true;
+                    let _ = poll.release.0.try_send(Release::Noop);
                 }
-                Message::Text(text) if text.as_str() == "5" => return true,
+                Message::Text(text) if text.as_str() == "5" => return poll.state().upgrading,
                 Message::Ping(_) | Message::Pong(_) => {}
                 _ => return false,
             }
@@ -304,20 +356,20 @@ impl Polling {
         false
     }
 
-    /// Ends a session: the client leaves its room, a held GET gets the
-    /// close packet, and the `sid` is forgotten.
-    fn end(&self, poll: &Poll, why: &str) {
+    /// Ends a session: the client leaves its room, a held GET is released
+    /// (`release`), and the `sid` is forgotten.
+    fn end(&self, poll: &Poll, why: &str, release: Release) {
         self.sessions().remove(&poll.sid);
         let client = poll.state().client.take();
         if let Some(client) = client {
             info!("client {} polling session ended: {why}", client.id());
-            poll.outbox
-                .control(Outbound::Close(frame::close(1000, why)));
+            let _ = poll.release.0.try_send(release);
         }
     }
 
     /// The timer: pings every session on time, ends the silent ones and
-    /// those whose queue overflowed. Runs until the server stops.
+    /// those whose queue overflowed, and forgets upgraded sessions whose
+    /// WebSocket has ended. Runs until the server stops.
     pub(crate) fn run_timer(self: Arc<Self>) {
         let config = &self.shared.config;
         while self.shared.pause(TICK) {
@@ -325,12 +377,19 @@ impl Polling {
             let now = Instant::now();
             for poll in polls {
                 let mut state = poll.state();
-                if state.client.is_none() || state.upgrading {
+                if state.upgraded {
+                    // Only this entry still holds the queue: the client is gone.
+                    if Arc::strong_count(&poll.outbox) == 1 {
+                        self.sessions().remove(&poll.sid);
+                    }
+                    continue;
+                }
+                if state.client.is_none() {
                     continue;
                 }
                 let why = if poll.outbox.overflowed() {
                     Some("slow consumer")
-                } else if now >= state.heard + config.idle_timeout {
+                } else if self.silent(&state) {
                     Some("silent past the ping timeout")
                 } else {
                     None
@@ -341,14 +400,14 @@ impl Polling {
                 }
                 drop(state);
                 if let Some(why) = why {
-                    self.end(&poll, why);
+                    self.end(&poll, why, Release::Close);
                 }
             }
         }
-        // Shutdown: every session ends (the registry closes their queues).
-        let polls: Vec<Arc<Poll>> = self.sessions().drain().map(|(_, p)| p).collect();
+        // Shutdown: every session ends.
+        let polls: Vec<Arc<Poll>> = self.sessions().values().cloned().collect();
         for poll in polls {
-            poll.state().client.take();
+            self.end(&poll, "server shutting down", Release::Close);
         }
     }
 }
@@ -371,7 +430,7 @@ fn append(payload: &mut Vec<u8>, item: &Outbound) {
         Outbound::Raw(_) => return,
     };
     if !payload.is_empty() {
-        payload.push(SEPARATOR);
+        payload.push(SEPARATOR as u8);
     }
     payload.extend_from_slice(packet);
 }

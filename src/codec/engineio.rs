@@ -96,18 +96,28 @@ pub(crate) fn open_packet(
     idle_timeout: Duration,
     max_payload: usize,
 ) -> String {
+    /// The open packet's fields, in engine.io's order.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Open<'a> {
+        sid: &'a str,
+        upgrades: &'a [&'a str],
+        ping_interval: u64,
+        ping_timeout: u64,
+        max_payload: usize,
+    }
     let ping_interval = ping_interval.as_millis() as u64;
     let ping_timeout = (idle_timeout.as_millis() as u64)
         .saturating_sub(ping_interval)
         .max(1000);
-    let open = json!({
-        "sid": sid,
-        "upgrades": upgrades,
-        "pingInterval": ping_interval,
-        "pingTimeout": ping_timeout,
-        "maxPayload": max_payload,
-    });
-    format!("0{open}")
+    let open = Open {
+        sid,
+        upgrades,
+        ping_interval,
+        ping_timeout,
+        max_payload,
+    };
+    format!("0{}", super::to_raw(&open).get())
 }
 
 /// What one Engine.IO text packet asks for.
@@ -306,7 +316,7 @@ mod tests {
         );
         assert_eq!(
             open,
-            r#"0{"maxPayload":100,"pingInterval":25000,"pingTimeout":35000,"sid":"9","upgrades":[]}"#
+            r#"0{"sid":"9","upgrades":[],"pingInterval":25000,"pingTimeout":35000,"maxPayload":100}"#
         );
     }
 }
