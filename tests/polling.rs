@@ -1,0 +1,504 @@
+//! Engine.IO long-polling on the HTTP port, request by request over raw
+//! HTTP: the handshake, `\x1e` payloads, every Engine.IO error, held and
+//! overlapping GETs, 413, the client's goodbye, heartbeats and the silent
+//! client, capacity and the rate limit, and the upgrade to WebSocket with
+//! not one frame lost or repeated.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{raw_http, HttpResponse, TestServer, WAIT};
+use roomchat::config::RateLimit;
+use serde_json::{json, Value};
+use tungstenite::Message;
+
+/// One long-polling session, spoken by hand.
+struct Polling {
+    http: SocketAddr,
+    sid: String,
+}
+
+impl Polling {
+    /// Opens a session; returns it and the open packet.
+    fn open(server: &TestServer) -> (Polling, Value) {
+        let answer = get(server.http, "/socket.io/?EIO=4&transport=polling&t=abc");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let open: Value = serde_json::from_str(answer.body.strip_prefix('0').unwrap()).unwrap();
+        let sid = open["sid"].as_str().unwrap().to_owned();
+        (
+            Polling {
+                http: server.http,
+                sid,
+            },
+            open,
+        )
+    }
+
+    /// A session that has joined the main namespace (its `40` and
+    /// `connected` read).
+    fn connected(server: &TestServer) -> Polling {
+        let (polling, _) = Polling::open(server);
+        assert_eq!(polling.post("40").body, "ok");
+        let packets = polling.packets();
+        assert!(packets[0].starts_with(r#"40{"sid":"#), "{packets:?}");
+        assert!(packets[1].starts_with(r#"42["connected","#), "{packets:?}");
+        polling
+    }
+
+    fn url(&self) -> String {
+        format!("/socket.io/?EIO=4&transport=polling&sid={}", self.sid)
+    }
+
+    fn get(&self) -> HttpResponse {
+        get(self.http, &self.url())
+    }
+
+    /// A GET's payload, split into its packets.
+    fn packets(&self) -> Vec<String> {
+        let answer = self.get();
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body.split('\u{1e}').map(str::to_owned).collect()
+    }
+
+    /// Polls until packets matching `want` came (bounded), returning every
+    /// packet seen on the way.
+    fn until(&self, want: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            let packets = self.packets();
+            let done = packets.iter().any(|p| want(p));
+            seen.extend(packets);
+            if done {
+                return seen;
+            }
+        }
+        panic!("not seen within {WAIT:?}: {seen:?}");
+    }
+
+    fn post(&self, body: &str) -> HttpResponse {
+        post(self.http, &self.url(), body)
+    }
+}
+
+fn get(addr: SocketAddr, target: &str) -> HttpResponse {
+    raw_http(
+        addr,
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn post(addr: SocketAddr, target: &str, body: &str) -> HttpResponse {
+    let request = format!(
+        "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain;charset=UTF-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    raw_http(addr, request.as_bytes())
+}
+
+/// An Engine.IO error answer: its status and code.
+fn engine_error(answer: &HttpResponse) -> (u16, u64) {
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    let body: Value = serde_json::from_str(&answer.body).unwrap();
+    (answer.status, body["code"].as_u64().unwrap())
+}
+
+/// A `42["name",data]` packet's name and data.
+fn event(packet: &str) -> (String, Value) {
+    let array: Value = serde_json::from_str(packet.strip_prefix("42").unwrap()).unwrap();
+    (array[0].as_str().unwrap().to_owned(), array[1].clone())
+}
+
+#[test]
+fn the_handshake_is_engine_ios_open_packet_with_an_unguessable_sid() {
+    let server = TestServer::with(|c| {
+        c.ping_interval = Duration::from_secs(5);
+        c.idle_timeout = Duration::from_secs(12);
+    });
+    let answer = get(server.http, "/socket.io/?EIO=4&transport=polling");
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("text/plain; charset=UTF-8")
+    );
+    assert_eq!(answer.header("cache-control"), Some("no-store"));
+    // Engine.IO's keys, in engine.io's order.
+    let body = answer.body.strip_prefix('0').unwrap();
+    let keys: Vec<usize> = [
+        "sid",
+        "upgrades",
+        "pingInterval",
+        "pingTimeout",
+        "maxPayload",
+    ]
+    .iter()
+    .map(|k| body.find(&format!("\"{k}\"")).unwrap())
+    .collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "{body}");
+    let open: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    assert_eq!(open["pingInterval"], 5000);
+    assert_eq!(open["pingTimeout"], 7000);
+    assert_eq!(open["maxPayload"], 65536);
+    let sids: std::collections::HashSet<String> =
+        (0..50).map(|_| Polling::open(&server).0.sid).collect();
+    assert_eq!(sids.len(), 50);
+    for sid in &sids {
+        // 160 random bits.
+        assert!(
+            sid.len() == 40 && sid.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{sid}"
+        );
+    }
+}
+
+#[test]
+fn packets_are_batched_with_record_separators_both_ways() {
+    let server = TestServer::start();
+    let polling = Polling::connected(&server);
+    let ok = polling.post(concat!(
+        r#"42["joinRoom",{"username":"ann","room":"r"}]"#,
+        "\u{1e}",
+        r#"421["chatMessage","hi"]"#
+    ));
+    assert_eq!((ok.status, ok.body.as_str()), (200, "ok"));
+    assert_eq!(ok.header("content-type"), Some("text/html"));
+    let packets = polling.until(|p| p.starts_with("431"));
+    let names: Vec<String> = packets
+        .iter()
+        .filter(|p| p.starts_with("42"))
+        .map(|p| event(p).0)
+        .collect();
+    assert_eq!(names, ["joined", "chatMessage"]);
+    assert_eq!(packets.last().unwrap(), r#"431[{"ok":true,"seq":1}]"#);
+}
+
+#[test]
+fn requests_engine_io_refuses_get_its_codes() {
+    let server = TestServer::start();
+    let unknown = get(server.http, "/socket.io/?EIO=4&transport=carrier-pigeon");
+    assert_eq!(engine_error(&unknown), (400, 0));
+    let no_session = get(
+        server.http,
+        "/socket.io/?EIO=4&transport=polling&sid=feedface",
+    );
+    assert_eq!(engine_error(&no_session), (400, 1));
+    let post_handshake = post(server.http, "/socket.io/?EIO=4&transport=polling", "40");
+    assert_eq!(engine_error(&post_handshake), (400, 2));
+    let old = get(server.http, "/socket.io/?EIO=3&transport=polling");
+    assert_eq!(engine_error(&old), (400, 5));
+    let foreign = raw_http(
+        server.http,
+        b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nOrigin: http://evil.example\r\n\
+          Connection: close\r\n\r\n",
+    );
+    assert_eq!(engine_error(&foreign), (403, 4));
+    // The WebSocket port has no polling sessions at all.
+    let on_ws_port = get(server.ws, "/socket.io/?EIO=4&transport=polling");
+    assert_eq!(engine_error(&on_ws_port), (400, 0));
+}
+
+#[test]
+fn an_allowed_origin_gets_credentials_and_a_preflight_allows_post() {
+    let server = TestServer::start();
+    let origin = format!("http://localhost:{}", server.http.port());
+    let answer = raw_http(
+        server.http,
+        format!(
+            "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nOrigin: {origin}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("access-control-allow-origin"), Some(&*origin));
+    assert_eq!(
+        answer.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    let preflight = raw_http(
+        server.http,
+        format!(
+            "OPTIONS /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nOrigin: {origin}\r\n\
+             Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(preflight.status, 204);
+    let methods = preflight.header("access-control-allow-methods").unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    assert_eq!(
+        preflight.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    // POST stays 405 everywhere else.
+    let elsewhere = raw_http(
+        server.http,
+        b"POST /api/rooms HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(elsewhere.status, 405);
+}
+
+#[test]
+fn two_gets_at_once_end_the_session() {
+    let server = TestServer::start();
+    let polling = Polling::connected(&server);
+    // Nothing is queued, so the first GET is held (for a ping interval,
+    // 25 s) and the two overlap, whichever arrives first.
+    let gets: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url) = (polling.http, polling.url());
+            thread::spawn(move || get(http, &url))
+        })
+        .collect();
+    let mut answers: Vec<HttpResponse> = gets.into_iter().map(|g| g.join().unwrap()).collect();
+    answers.sort_by_key(|a| a.status);
+    assert_eq!((answers[0].status, answers[0].body.as_str()), (200, "1"));
+    assert_eq!((answers[1].status, answers[1].body.as_str()), (400, ""));
+    assert_eq!(engine_error(&polling.get()), (400, 1));
+}
+
+#[test]
+fn a_post_over_the_limit_gets_413_and_ends_the_session() {
+    let server = TestServer::with(|c| c.max_message_bytes = 1000);
+    let polling = Polling::connected(&server);
+    let big = format!(r#"42["chatMessage","{}"]"#, "x".repeat(1000));
+    let answer = polling.post(&big);
+    assert_eq!(answer.status, 413);
+    assert_eq!(engine_error(&polling.get()), (400, 1));
+    // At the limit exactly, a payload is taken.
+    let polling = Polling::connected(&server);
+    let prefix = r#"42["typing",{"typing":true}]"#;
+    let at_limit = format!("{prefix}{}", " ".repeat(1000 - prefix.len()));
+    assert_eq!(at_limit.len(), 1000);
+    assert_eq!(polling.post(&at_limit).status, 200);
+}
+
+#[test]
+fn the_clients_goodbye_releases_its_held_get_and_tells_the_room() {
+    let server = TestServer::start();
+    let mut native = server.member("nat", "r");
+    for goodbye in ["1", "41"] {
+        let polling = Polling::connected(&server);
+        polling.post(r#"42["joinRoom",{"username":"poll","room":"r"}]"#);
+        polling.until(|p| p.starts_with(r#"42["joined""#));
+        assert_eq!(native.expect("userJoined")["username"], "poll");
+        let (http, url) = (polling.http, polling.url());
+        let held = thread::spawn(move || get(http, &url));
+        // Nothing tells when the GET is parked; give it a moment so that
+        // the goodbye usually finds it held. Both orders are checked below.
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(polling.post(goodbye).body, "ok");
+        let released = held.join().unwrap();
+        if released.status == 200 {
+            assert_eq!(released.body, "6", "a held GET is told to stop polling");
+        } else {
+            assert_eq!(engine_error(&released), (400, 1), "the GET came after");
+        }
+        assert_eq!(native.expect("userLeft")["username"], "poll");
+        assert_eq!(engine_error(&polling.get()), (400, 1));
+    }
+}
+
+#[test]
+fn polling_clients_are_pinged_and_a_silent_one_is_dropped() {
+    let server = TestServer::with(|c| {
+        c.ping_interval = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(2);
+    });
+    let polling = Polling::connected(&server);
+    polling.post(r#"42["joinRoom",{"username":"poll","room":"r"}]"#);
+    polling.until(|p| p.starts_with(r#"42["joined""#));
+    // Three ping intervals, answering each ping: still there.
+    for _ in 0..3 {
+        let started = Instant::now();
+        polling.until(|p| p == "2");
+        assert!(started.elapsed() < Duration::from_millis(1800));
+        assert_eq!(polling.post("3").body, "ok");
+    }
+    assert_eq!(
+        server.get("/api/rooms").body,
+        r#"{"rooms":[{"name":"r","users":1}]}"#
+    );
+    // Then silence: it is dropped (and its room with it) within the idle
+    // timeout and a tick of the timer.
+    let silent = Instant::now();
+    while server.get("/api/rooms").body != r#"{"rooms":[]}"# {
+        assert!(
+            silent.elapsed() < Duration::from_millis(2800),
+            "still there"
+        );
+        thread::sleep(Duration::from_millis(50)); // bounded wait: nothing tells of a silent client's drop
+    }
+    assert!(
+        silent.elapsed() > Duration::from_millis(1500),
+        "dropped too soon"
+    );
+    assert_eq!(server.metric("roomchat_connections"), 0);
+    assert_eq!(engine_error(&polling.get()), (400, 1));
+}
+
+#[test]
+fn polling_clients_count_toward_capacity_and_the_rate_limit() {
+    let server = TestServer::with(|c| {
+        c.max_connections = 1;
+        c.rate_limit = RateLimit(Some(1));
+    });
+    let polling = Polling::connected(&server);
+    let full = get(server.http, "/socket.io/?EIO=4&transport=polling");
+    assert_eq!(full.status, 503);
+    // A bucket of 2: the third frame at once is refused.
+    let burst: Vec<String> = (0..3)
+        .map(|i| format!(r#"42{i}["typing",{{"typing":true}}]"#))
+        .collect();
+    polling.post(&burst.join("\u{1e}"));
+    let packets = polling.until(|p| p.contains("rate_limited"));
+    assert!(packets
+        .iter()
+        .any(|p| p.starts_with("432[") && p.contains("rate_limited")));
+}
+
+#[test]
+fn a_polling_client_that_stops_polling_is_cut_off_as_a_slow_consumer() {
+    let server = TestServer::with(|c| c.rate_limit = RateLimit(None));
+    let polling = Polling::connected(&server);
+    polling.post(r#"42["joinRoom",{"username":"poll","room":"r"}]"#);
+    polling.until(|p| p.starts_with(r#"42["joined""#));
+    let mut sender = server.member("sender", "r");
+    // Never polling again: 700 messages of 1.9 KB pass the 1 MiB bound,
+    // and the message that does tells the sender, before its ack.
+    let mut left = None;
+    for i in 0..700 {
+        let (frames, _) = sender.request("chatMessage", json!({"text": "x".repeat(1900)}));
+        if frames
+            .iter()
+            .any(|f| f["event"] == "userLeft" && f["data"]["username"] == "poll")
+        {
+            left = Some(i);
+            break;
+        }
+    }
+    assert!(left.is_some_and(|i| i > 400), "cut off at {left:?}");
+    assert_eq!(server.metric("roomchat_slow_consumer_disconnects_total"), 1);
+}
+
+#[test]
+fn native_and_polling_clients_share_a_room_and_its_seq() {
+    let server = TestServer::start();
+    let mut native = server.member("nat", "lobby");
+    let polling = Polling::connected(&server);
+    polling.post(r#"42["joinRoom",{"username":"poll","room":"lobby"}]"#);
+    let packets = polling.until(|p| p.starts_with(r#"42["joined""#));
+    let joined = packets
+        .iter()
+        .find(|p| p.starts_with(r#"42["joined""#))
+        .unwrap();
+    assert_eq!(event(joined).1["users"].as_array().unwrap().len(), 2);
+    native.expect("userJoined");
+    let seq = native.say("from native");
+    polling.post(r#"427["chatMessage",{"text":"from polling"}]"#);
+    let packets = polling.until(|p| p.starts_with("437"));
+    let seqs: Vec<u64> = packets
+        .iter()
+        .filter(|p| p.starts_with(r#"42["chatMessage""#))
+        .map(|p| event(p).1["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [seq, seq + 1]);
+    assert_eq!(native.expect("chatMessage")["text"], "from polling");
+}
+
+/// A WebSocket opened on the HTTP port to take session `sid` over.
+fn probe(server: &TestServer, sid: &str) -> tungstenite::WebSocket<TcpStream> {
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        server.http
+    );
+    let stream = TcpStream::connect(server.http).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    tungstenite::client(url, stream).expect("upgrade").0
+}
+
+fn text(ws: &mut tungstenite::WebSocket<TcpStream>) -> String {
+    loop {
+        match ws.read().expect("a frame") {
+            Message::Text(t) => return t.as_str().to_owned(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_upgrade_loses_and_repeats_no_frame() {
+    let server = TestServer::with(|c| c.rate_limit = RateLimit(None));
+    let polling = Polling::connected(&server);
+    polling.post(r#"42["joinRoom",{"username":"poll","room":"r"}]"#);
+    polling.until(|p| p.starts_with(r#"42["joined""#));
+    // A native member sends a stream that spans the upgrade.
+    let mut sender = server.member("sender", "r");
+    let total = 300u64;
+    let streaming = thread::spawn(move || {
+        for i in 0..total {
+            sender.say(&format!("m{i}"));
+        }
+    });
+    let mut seqs = Vec::new();
+    let collect = |seqs: &mut Vec<u64>, packet: &str| {
+        if packet.starts_with(r#"42["chatMessage""#) {
+            seqs.push(event(packet).1["seq"].as_u64().unwrap());
+        }
+    };
+    for packet in polling.packets() {
+        collect(&mut seqs, &packet);
+    }
+    let mut ws = probe(&server, &polling.sid);
+    ws.send(Message::text("2probe")).unwrap();
+    assert_eq!(text(&mut ws), "3probe");
+    // While it probes, a GET gets a noop at once, and nothing of the queue.
+    let started = Instant::now();
+    assert_eq!(polling.get().body, "6");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    ws.send(Message::text("5")).unwrap();
+    while seqs.len() < total as usize {
+        let packet = text(&mut ws);
+        collect(&mut seqs, &packet);
+    }
+    streaming.join().unwrap();
+    assert_eq!(
+        seqs,
+        (1..=total).collect::<Vec<_>>(),
+        "every seq once, in order"
+    );
+    // The session lives on over the WebSocket; polling it is refused.
+    assert_eq!(engine_error(&polling.get()), (400, 3));
+    ws.send(Message::text(r#"421["chatMessage","after"]"#))
+        .unwrap();
+    loop {
+        let packet = text(&mut ws);
+        if packet.starts_with("431") {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_failed_probe_leaves_the_session_polling() {
+    let server = TestServer::start();
+    let polling = Polling::connected(&server);
+    let mut ws = probe(&server, &polling.sid);
+    ws.send(Message::text("not a probe")).unwrap();
+    let _ = ws.read(); // the probe WebSocket is closed
+    polling.post(r#"42["joinRoom",{"username":"poll","room":"r"}]"#);
+    polling.until(|p| p.starts_with(r#"42["joined""#));
+    // A WebSocket for a session that does not exist is refused before the upgrade.
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid=nope",
+        server.http
+    );
+    let stream = TcpStream::connect(server.http).unwrap();
+    assert!(tungstenite::client(url, stream).is_err());
+}
