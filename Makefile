@@ -30,7 +30,7 @@ e2e: build ## browser tests in headless Chromium, plus the Socket.IO client test
 socketio: build ## only the official socket.io-client tests
 	cd tests/node && ROOMCHAT_BIN=$(CURDIR)/target/debug/roomchat ./run-e2e.sh socketio.test.mjs
 
-bench: ## the load generator's scenarios against a release build (minutes)
+bench: ## roomchat and its two peers, every case in one run, tables into docs/BENCHMARKS.md (~15 min; RUNS= CASES= PEERS= PIN=)
 	bench/scripts/run-all.sh
 
 fuzz: ## bounded fuzzing of frame decoding and the room registry

@@ -1,24 +1,55 @@
 #!/usr/bin/env bash
-# Runs every roomchat benchmark (what `make bench` calls): builds release,
-# starts a fresh server for each run, runs each case RUNS times, writes the
-# JSON lines to bench/results/, the median tables into docs/BENCHMARKS.md and
-# the latency-vs-load plot to docs/latency-vs-load.svg.
+# Runs every benchmark case against roomchat and its peers in one run, with one
+# load generator (what `make bench` calls): builds roomchat and roomchat-bench
+# in release, copies and builds the peers (bench/scripts/build-peers.sh),
+# starts a fresh server for every run, and writes the JSON lines to
+# bench/results/, the side-by-side median tables into docs/BENCHMARKS.md.
 #
-#   RUNS=3            runs per case (the tables show medians)
-#   SWEEP=1           also run the load sweep for the plot (0: skip)
-#   BENCH_LOCK=/tmp/roomchat-cargo.lock   held for the whole run so no build
-#                     competes for the CPU; empty: no lock
-#   CASES="fanout conns churn"            which groups to run
+# Knobs (environment):
+#   RUNS=3            runs per case and server (the tables show medians)
+#   CASES="light fanout fanout10 big conns churn"   which cases to run
+#   SERVERS="roomchat-native roomchat-socketio"     roomchat's two front doors
+#   PEERS="seed-socketio socketioxide-chat"         peers; PEERS= for none
+#   PIN="pinned shared"   for the cases measured both ways: pinned (server on
+#                     CPU 0, generator on CPU 1, with taskset) and/or shared
+#                     (both free on both cores)
+#   SECS=3            seconds of sending in the window cases
+#   LIGHT_SECS=5      seconds of the light-load case (100 msg/s)
+#   BIG_SECS=2.5      seconds of the 1 × 1000 case (400 msg/s)
+#   CHURN_SECS=8      seconds of churn
+#   CONNS=10000       idle connections in the conns case
+#   SWEEP=0           1: also the latency-vs-load sweep (roomchat native) and
+#                     its plot, docs/latency-vs-load.svg
+#   DOC=docs/BENCHMARKS.md   where the tables go (DOC= : nowhere)
+#   BENCH_LOCK=/tmp/roomchat-cargo.lock   held for the whole run so that no
+#                     build competes for the CPU; empty: no lock
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 RUNS=${RUNS:-3}
-SWEEP=${SWEEP:-1}
-CASES=${CASES:-"fanout conns churn"}
+CASES=${CASES:-"light fanout fanout10 big conns churn"}
+SERVERS=${SERVERS:-"roomchat-native roomchat-socketio"}
+PEERS=${PEERS-"seed-socketio socketioxide-chat"}
+PIN=${PIN:-"pinned shared"}
+SECS=${SECS:-3}
+LIGHT_SECS=${LIGHT_SECS:-5}
+BIG_SECS=${BIG_SECS:-2.5}
+CHURN_SECS=${CHURN_SECS:-8}
+CONNS=${CONNS:-10000}
+SWEEP=${SWEEP:-0}
+DOC=${DOC-docs/BENCHMARKS.md}
 OUT=bench/results
 BENCH_LOCK=${BENCH_LOCK-/tmp/roomchat-cargo.lock}
 SERVER=target/release/roomchat
 BENCH=target/release/roomchat-bench
+PEERS_DIR=${PEERS_DIR:-target/peers}
+# The command as given, for the doc.
+command_line="make bench"
+for v in RUNS CASES SERVERS PEERS PIN SECS LIGHT_SECS BIG_SECS CHURN_SECS CONNS SWEEP; do
+    if printenv "$v" >/dev/null; then
+        command_line="$v=\"$(printenv "$v")\" $command_line"
+    fi
+done
 
 if [ -n "$BENCH_LOCK" ]; then
     exec 9>"$BENCH_LOCK"
@@ -28,14 +59,23 @@ fi
 
 # 10,000 connections need 10,000+ descriptors in the server and in the bench.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10240 ]; then
-    echo "bench: open-file limit $(ulimit -n) is below 10240; conns 10000 will fail" >&2
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((CONNS + 240)) ]; then
+    echo "bench: open-file limit $(ulimit -n) is below $((CONNS + 240)); conns will fail" >&2
 fi
 
-# Every server thread maps 4 memory areas (stack, signal stack, a guard page
-# each); a busy client has two threads. The server caps its clients at what
-# vm.max_map_count allows (8 maps each), 7,935 at Linux's default, so for the
-# 10,000-connection case the limit is raised for this run and put back after.
+# Pinned runs need taskset (util-linux); without it they are skipped.
+if [[ " $PIN " == *" pinned "* ]] && ! command -v taskset >/dev/null; then
+    echo "bench: no taskset (util-linux): the pinned runs are skipped" >&2
+    PIN=${PIN//pinned/}
+fi
+if [ "$(nproc)" -lt 2 ] && [[ " $PIN " == *" pinned "* ]]; then
+    echo "bench: fewer than 2 CPUs: the pinned runs are skipped" >&2
+    PIN=${PIN//pinned/}
+fi
+
+# Every roomchat thread maps 4 memory areas; the server caps its clients at
+# what vm.max_map_count allows (8 maps each), 7,935 at Linux's default, so for
+# the 10,000-connection case the limit is raised for this run and put back.
 maps_before=$(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 0)
 maps_needed=$((20000 * 8 + 2048))
 restore_maps() { :; }
@@ -44,11 +84,20 @@ if [ "$maps_before" -lt "$maps_needed" ]; then
         echo "bench: vm.max_map_count $maps_before -> $maps_needed for this run" >&2
         restore_maps() { echo "$maps_before" >/proc/sys/vm/max_map_count; }
     else
-        echo "bench: vm.max_map_count is $maps_before; the server will refuse clients past $(((maps_before - 2048) / 8))" >&2
+        echo "bench: vm.max_map_count is $maps_before; roomchat will refuse clients past $(((maps_before - 2048) / 8))" >&2
     fi
 fi
 
 cargo build --release -p roomchat -p roomchat-bench
+peers_ok=""
+for p in $PEERS; do
+    if PEERS_DIR=$PEERS_DIR bench/scripts/build-peers.sh "$p"; then
+        peers_ok="$peers_ok $p"
+    else
+        echo "bench: peer $p could not be built; it is left out of this run" >&2
+    fi
+done
+ALL="$SERVERS$peers_ok"
 
 mkdir -p "$OUT"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -57,10 +106,16 @@ log="$OUT/server-$stamp.log"
 tmp=$(mktemp -d)
 server_pid=""
 failures=0
+peer_failures=0
 
 stop_server() {
     if [ -n "$server_pid" ]; then
         kill "$server_pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
         server_pid=""
     fi
@@ -68,78 +123,156 @@ stop_server() {
 trap 'stop_server; restore_maps; rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
 
+# start_server NAME PINNED: sets server_pid, url and protocol.
 start_server() {
+    local name=$1 pinned=$2
+    local pin=()
+    [ "$pinned" = pinned ] && pin=(taskset -c 0)
     : >"$tmp/out"
-    RUST_LOG=${RUST_LOG:-warn} "$SERVER" --host 127.0.0.1 --http-port 0 --ws-port 0 \
-        --rate-limit off --max-connections 20000 >"$tmp/out" 2>>"$log" &
+    echo "== $name" >>"$log"
+    case $name in
+    roomchat-native | roomchat-socketio)
+        protocol=${name#roomchat-}
+        RUST_LOG=${RUST_LOG:-warn} "${pin[@]}" "$SERVER" --host 127.0.0.1 --http-port 0 \
+            --ws-port 0 --rate-limit off --max-connections 20000 >"$tmp/out" 2>>"$log" &
+        ;;
+    seed-socketio)
+        protocol=peer
+        (cd "$PEERS_DIR/seed-socketio" && export PORT=0 HOST=127.0.0.1 &&
+            exec "${pin[@]}" node server.js) >"$tmp/out" 2>>"$log" &
+        ;;
+    socketioxide-chat)
+        protocol=peer
+        PORT=0 HOST=127.0.0.1 "${pin[@]}" "$PEERS_DIR/socketioxide-chat/target/release/socketioxide-chat" \
+            >"$tmp/out" 2>>"$log" &
+        ;;
+    *)
+        echo "bench: unknown server $name" >&2
+        exit 2
+        ;;
+    esac
     server_pid=$!
-    for _ in $(seq 100); do
-        grep -q 'ws://' "$tmp/out" && break
+    for _ in $(seq 150); do
+        grep -q 'listening on' "$tmp/out" && break
+        kill -0 "$server_pid" 2>/dev/null || break
         sleep 0.1
     done
     url=$(grep -o 'ws://[^ )",]*' "$tmp/out" | head -n 1 || true)
+    [ -n "$url" ] || url=$(grep -o 'http://[^ )",]*' "$tmp/out" | head -n 1 || true)
     if [ -z "$url" ]; then
-        echo "bench: the server printed no ws:// line; see $log" >&2
+        echo "bench: $name printed no listening line within 15 s; see $log" >&2
         exit 2
     fi
 }
 
-# case LABEL RUNS COUNTS SCENARIO ARGS...: COUNTS=1 makes a failed run fail `make bench`.
+# case_ LABEL PINNED SCENARIO ARGS...: every server, RUNS times, interleaved
+# (run 1 of every server, then run 2 ...) so that a change in the machine's
+# background load falls on all of them alike. A failed roomchat run fails
+# `make bench`; a peer's run only counts as a warning.
 case_() {
-    local label=$1 runs=$2 counts=$3
-    shift 3
-    for i in $(seq "$runs"); do
-        echo "bench: $label run $i/$runs" >&2
-        start_server
-        if ! "$BENCH" "$@" --url "$url" --server-pid "$server_pid" --label "$label" \
-            --json-out "$results" >"$tmp/run.txt"; then
-            [ "$counts" = 1 ] && failures=$((failures + 1))
-        fi
-        grep -v '^{' "$tmp/run.txt" >&2 || true
-        stop_server
+    local label=$1 pinned=$2
+    shift 2
+    local gen=()
+    [ "$pinned" = pinned ] && gen=(taskset -c 1)
+    for i in $(seq "$RUNS"); do
+        for s in $ALL; do
+            echo "bench: $label $s run $i/$RUNS" >&2
+            start_server "$s" "$pinned"
+            if ! "${gen[@]}" "$BENCH" "$@" --url "$url" --server-pid "$server_pid" \
+                --protocol "$protocol" --server-name "$s" --label "$label" \
+                --json-out "$results" >"$tmp/run.txt"; then
+                case $s in
+                roomchat-*) failures=$((failures + 1)) ;;
+                *) peer_failures=$((peer_failures + 1)) ;;
+                esac
+            fi
+            grep -v '^{' "$tmp/run.txt" >&2 || true
+            stop_server
+        done
     done
 }
 
-for group in $CASES; do
-    case $group in
+pinned_too() { [[ " $PIN " == *" $1 "* ]]; }
+
+# Every case sends the same frames to every server: no acks (the window is
+# driven by the sender's own copy of the broadcast), plain-text messages
+# "<sender>:<n>:<nanos>".
+for c in $CASES; do
+    case $c in
+    light)
+        for p in $PIN; do
+            case_ "light-1x100-$p" "$p" fanout --rooms 1 --members 100 --senders 10 \
+                --rate 100 --messages "$(awk "BEGIN{print int($LIGHT_SECS * 10)}")" --flow echo
+        done
+        ;;
     fanout)
-        case_ fanout-1x100-w8 "$RUNS" 1 fanout --rooms 1 --members 100 --senders 10 --window 8 --messages 10000
-        case_ fanout-10x100-w8 "$RUNS" 1 fanout --rooms 10 --members 100 --senders 10 --window 8 --messages 1000
-        case_ fanout-1x1000-400ps "$RUNS" 1 fanout --rooms 1 --members 1000 --senders 1 --rate 400 --messages 2000 --threads 2
-        case_ light-1x100-100ps "$RUNS" 1 fanout --rooms 1 --members 100 --senders 10 --rate 100 --messages 100
-        if [ "$SWEEP" = 1 ]; then
-            # Open-loop load sweep for the plot: 3 seconds at each rate.
-            for rate in 100 300 1000 3000 10000 20000 30000 40000 50000; do
-                case_ "load-$rate" 1 0 fanout --rooms 1 --members 100 --senders 10 \
-                    --rate "$rate" --messages $((rate * 3 / 10)) --timeout 30
-            done
-        fi
+        for p in $PIN; do
+            case_ "fanout-1x100-$p" "$p" fanout --rooms 1 --members 100 --senders 10 \
+                --window 8 --duration "$SECS" --messages 100000000 --flow echo
+        done
+        ;;
+    fanout10)
+        case_ fanout-10x100 shared fanout --rooms 10 --members 100 --senders 1 \
+            --window 8 --duration "$SECS" --messages 100000000 --flow echo
+        ;;
+    big)
+        for p in $PIN; do
+            threads=2
+            [ "$p" = pinned ] && threads=1 # one core for the generator
+            case_ "fanout-1x1000-$p" "$p" fanout --rooms 1 --members 1000 --senders 1 \
+                --rate 400 --messages "$(awk "BEGIN{print int($BIG_SECS * 400)}")" \
+                --threads "$threads" --flow echo --timeout 60
+        done
         ;;
     conns)
-        case_ conns-2000 "$RUNS" 1 conns --conns 2000 --rooms 100
-        case_ conns-10000 "$RUNS" 1 conns --conns 10000 --rooms 100 --connect-rate 2500
+        case_ "conns-$CONNS" shared conns --conns "$CONNS" --rooms 100 --connect-rate 2500 \
+            --settle 10
         ;;
     churn)
-        case_ churn-10s "$RUNS" 1 churn --duration 10 --clients 32 --rooms 10
+        case_ churn shared churn --duration "$CHURN_SECS" --clients 32 --rooms 10 --flow echo
+        ;;
+    *)
+        echo "bench: unknown case $c (light fanout fanout10 big conns churn)" >&2
+        exit 2
         ;;
     esac
 done
+
+if [ "$SWEEP" = 1 ]; then
+    # Open-loop load sweep of roomchat alone, for the plot: 3 seconds per rate.
+    saved=$ALL
+    ALL=roomchat-native
+    for rate in 100 300 1000 3000 10000 20000 30000 40000 50000; do
+        RUNS=1 case_ "load-$rate" shared fanout --rooms 1 --members 100 --senders 10 \
+            --rate "$rate" --messages $((rate * 3 / 10)) --timeout 30
+    done
+    ALL=$saved
+fi
 
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain -- src Cargo.toml 2>/dev/null)" ]; then
     rev="$rev with uncommitted changes to the server"
 fi
-measured="roomchat $rev, $(date -u +%Y-%m-%d), $RUNS run(s) per case, medians"
-"$BENCH" summary "$results" --measured "$measured" >"$OUT/summary-$stamp.md"
-if grep -q 'results:begin' docs/BENCHMARKS.md 2>/dev/null; then
-    "$BENCH" summary "$results" --measured "$measured" --doc docs/BENCHMARKS.md >/dev/null
+versions="node $(node --version 2>/dev/null || echo -), socket.io $(
+    sed -n 's/.*"version": "\(.*\)".*/\1/p' "$PEERS_DIR/seed-socketio/node_modules/socket.io/package.json" 2>/dev/null | head -n 1
+), socketioxide $(
+    grep -A1 '^name = "socketioxide"$' "$PEERS_DIR/socketioxide-chat/Cargo.lock" 2>/dev/null | sed -n 's/version = "\(.*\)"/\1/p'
+)"
+measured="roomchat $rev and its peers ($versions), $(date -u +%Y-%m-%d), $RUNS run(s) per case and server, medians"
+summary_args=(--measured "$measured" --command "$command_line")
+"$BENCH" summary "$results" "${summary_args[@]}" >"$OUT/summary-$stamp.md"
+if [ -n "$DOC" ] && grep -q 'results:begin' "$DOC" 2>/dev/null; then
+    "$BENCH" summary "$results" "${summary_args[@]}" --doc "$DOC" >/dev/null
 fi
 if [ "$SWEEP" = 1 ] && grep -q '"label":"load-' "$results"; then
     "$BENCH" plot "$results" --prefix load- --out docs/latency-vs-load.svg
 fi
 cat "$OUT/summary-$stamp.md"
 echo "bench: results in $results, tables in $OUT/summary-$stamp.md" >&2
+if [ "$peer_failures" -gt 0 ]; then
+    echo "bench: $peer_failures peer run(s) failed (a member never joined or was dropped): see above" >&2
+fi
 if [ "$failures" -gt 0 ]; then
-    echo "bench: $failures run(s) FAILED (loss, errors or leaks): see above" >&2
+    echo "bench: $failures roomchat run(s) FAILED (loss, errors or leaks): see above" >&2
     exit 1
 fi

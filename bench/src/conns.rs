@@ -291,7 +291,9 @@ pub fn run(a: &ConnsArgs, ctx: &Ctx) -> (bool, serde_json::Value) {
                         let cl = &s.clients[c];
                         if !cl.joined
                             && !cl.done
-                            && cl.join_sent.is_some_and(|t| now.duration_since(t) >= retry_after)
+                            && cl
+                                .join_sent
+                                .is_some_and(|t| now.duration_since(t) >= retry_after)
                         {
                             s.join_retries += 1;
                             s.join(&mut net, c, now);

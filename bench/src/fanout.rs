@@ -328,7 +328,10 @@ impl Fan<'_> {
         let wait = Duration::from_millis(self.a.join_retry_ms);
         for m in 0..self.members.len() {
             let mem = &self.members[m];
-            if !mem.joined && mem.join_sent.is_some_and(|t| now.saturating_duration_since(t) >= wait)
+            if !mem.joined
+                && mem
+                    .join_sent
+                    .is_some_and(|t| now.saturating_duration_since(t) >= wait)
             {
                 self.out.join_retries += 1;
                 self.join(net, m, now);
@@ -357,9 +360,10 @@ impl Fan<'_> {
             None => true,
         });
         settled
-            && self.members.iter().all(|m| {
-                m.received >= self.shared.room_sent[m.room].load(Ordering::Acquire)
-            })
+            && self
+                .members
+                .iter()
+                .all(|m| m.received >= self.shared.room_sent[m.room].load(Ordering::Acquire))
     }
 
     fn chat(&mut self, m: usize, seq: Option<u64>, tag: Option<proto::Tag>, now: Instant) {
@@ -568,7 +572,10 @@ pub fn run(a: &FanoutArgs, ctx: &Ctx) -> (bool, serde_json::Value) {
     let protocol = ctx.protocol;
     let flow = match a.flow {
         Some(Flow::Ack) if !protocol.has_acks() => {
-            eprintln!("roomchat-bench: the {} protocol has no acks; using --flow echo", protocol.name());
+            eprintln!(
+                "roomchat-bench: the {} protocol has no acks; using --flow echo",
+                protocol.name()
+            );
             Flow::Echo
         }
         Some(f) => f,

@@ -57,7 +57,7 @@ enum Cmd {
         #[command(flatten)]
         a: churn::ChurnArgs,
     },
-    /// Medians of result files (JSON lines) as Markdown tables.
+    /// Side-by-side Markdown tables (medians, ratios, targets) of result files.
     Summary {
         /// Result files (JSON lines from the scenarios).
         files: Vec<PathBuf>,
@@ -67,6 +67,9 @@ enum Cmd {
         /// What was measured (e.g. the server's commit), printed with the machine.
         #[arg(long)]
         measured: Option<String>,
+        /// The command that made the results, printed with them.
+        #[arg(long)]
+        command: Option<String>,
     },
     /// An SVG of latency against delivered frames/s from fanout results.
     Plot {
@@ -121,7 +124,15 @@ fn run(cmd: Cmd) -> Result<bool, String> {
             files,
             doc,
             measured,
-        } => return summary::summary(&files, doc.as_deref(), measured.as_deref()),
+            command,
+        } => {
+            return summary::summary(
+                &files,
+                doc.as_deref(),
+                measured.as_deref(),
+                command.as_deref(),
+            )
+        }
         Cmd::Plot { files, prefix, out } => return summary::plot(&files, &prefix, &out),
         Cmd::Fanout { run, a } => (run, Scenario::Fanout(a)),
         Cmd::Conns { run, a } => (run, Scenario::Conns(a)),
@@ -132,10 +143,13 @@ fn run(cmd: Cmd) -> Result<bool, String> {
         rlimit::increase_nofile_limit(u64::MAX).map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     let server = server::Server::start(&run.server)?;
     let targets = net::Target::parse_all(&server.urls, run.protocol)?;
-    let server_name = run.server_name.clone().unwrap_or_else(|| match run.protocol {
-        proto::Protocol::Peer => "peer".into(),
-        p => format!("roomchat-{}", p.name()),
-    });
+    let server_name = run
+        .server_name
+        .clone()
+        .unwrap_or_else(|| match run.protocol {
+            proto::Protocol::Peer => "peer".into(),
+            p => format!("roomchat-{}", p.name()),
+        });
     eprintln!(
         "roomchat-bench: {server_name} at {} (pid {:?}, {}), open-file limit {nofile}",
         server.urls.join(" "),

@@ -107,9 +107,18 @@ pub struct Tag {
 #[derive(Debug, PartialEq)]
 pub enum Msg {
     /// A `chatMessage`; `seq` when the dialect has it.
-    Chat { seq: Option<u64>, tag: Option<Tag> },
-    Ack { ack: u64, seq: Option<u64> },
-    Error { code: String, ack: Option<u64> },
+    Chat {
+        seq: Option<u64>,
+        tag: Option<Tag>,
+    },
+    Ack {
+        ack: u64,
+        seq: Option<u64>,
+    },
+    Error {
+        code: String,
+        ack: Option<u64>,
+    },
     /// The join took: roomchat's `joined`, or the peers' welcome `message`.
     Joined,
     Connected,
@@ -378,7 +387,9 @@ mod tests {
             }
         );
         assert_eq!(
-            c.parse(br#"{"event":"joined","data":{"room":"r","history":[{"seq":1,"text":"1:2:3"}]}}"#),
+            c.parse(
+                br#"{"event":"joined","data":{"room":"r","history":[{"seq":1,"text":"1:2:3"}]}}"#
+            ),
             Msg::Joined
         );
     }
@@ -419,10 +430,7 @@ mod tests {
             c.parse(br#"42["joined",{"room":"r","users":[]}]"#),
             Msg::Joined
         );
-        assert_eq!(
-            c.parse(br#"42["connected",{"id":"1"}]"#),
-            Msg::Connected
-        );
+        assert_eq!(c.parse(br#"42["connected",{"id":"1"}]"#), Msg::Connected);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Turns result files (one JSON line per run) into Markdown tables of medians,
-//! and fanout runs at rising load into an SVG of latency against load.
+//! Turns result files (one JSON line per run) into side-by-side Markdown tables
+//! of medians (roomchat and its peers, each case measured in the same run),
+//! with ratios against socketioxide-chat and roomchat's targets; and fanout
+//! runs at rising load into an SVG of latency against load.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -63,53 +65,6 @@ fn median(runs: &[&Value], ptr: &str) -> Option<f64> {
     })
 }
 
-fn sum(runs: &[&Value], ptr: &str) -> u64 {
-    runs.iter()
-        .filter_map(|r| r.pointer(ptr).and_then(Value::as_u64))
-        .sum()
-}
-
-fn all_pass(runs: &[&Value]) -> String {
-    let ok = runs.iter().filter(|r| r["pass"] == true).count();
-    if ok == runs.len() {
-        format!("yes ({ok}/{})", runs.len())
-    } else {
-        format!("**NO** ({ok}/{})", runs.len())
-    }
-}
-
-fn ms(v: Option<f64>) -> String {
-    v.map_or("-".into(), |x| {
-        if x < 10.0 {
-            format!("{x:.3}")
-        } else {
-            format!("{x:.1}")
-        }
-    })
-}
-
-fn mib(v: Option<f64>) -> String {
-    v.map_or("-".into(), |k| format!("{:.1}", k / 1024.0))
-}
-
-fn int(v: Option<f64>) -> String {
-    v.map_or("-".into(), |x| format!("{x:.0}"))
-}
-
-/// Commas every three digits: 2,000,000.
-fn big(v: Option<f64>) -> String {
-    let Some(x) = v else { return "-".into() };
-    let s = format!("{:.0}", x);
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -134,108 +89,616 @@ pub fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} RAM, Linux {kernel}")
 }
 
-pub fn tables(runs: &[Value], measured: Option<&str>) -> String {
+/// The servers in table order; socketioxide-chat is the baseline of the ratios.
+const SERVERS: [(&str, &str); 4] = [
+    ("roomchat-native", "roomchat native"),
+    ("roomchat-socketio", "roomchat Socket.IO"),
+    ("seed-socketio", "seed-socketio (Node)"),
+    ("socketioxide-chat", "socketioxide-chat"),
+];
+const BASELINE: &str = "socketioxide-chat";
+const NODE: &str = "seed-socketio";
+
+fn is_roomchat(server: &str) -> bool {
+    server.starts_with("roomchat")
+}
+
+#[derive(Clone, Copy)]
+enum Fmt {
+    /// Milliseconds.
+    Ms,
+    /// A big count: 2,000,000.
+    Big,
+    /// Bytes shown as KiB.
+    KiB,
+    /// KiB shown as MiB.
+    MiB,
+    /// A plain ratio: 1.07.
+    Times,
+}
+
+/// How a row's runs become one figure.
+#[derive(Clone, Copy)]
+enum Agg {
+    /// The median of a field (a JSON pointer).
+    Median(&'static str),
+    /// Frames lost over all runs, with their share of the frames expected.
+    Lost,
+    /// Frames that came after a later one of the same sender, over all runs,
+    /// with their share of the frames received.
+    OutOfOrder,
+    /// Runs that passed their checks.
+    Passed,
+}
+
+/// roomchat's target for a row, judged for each roomchat server.
+#[derive(Clone, Copy)]
+enum Goal {
+    None,
+    /// At most this many ms.
+    AtMost(f64),
+    /// At most this many ms, and at most the best peer's figure.
+    AtMostAndBestPeer(f64),
+    /// At least this many times the baseline's figure.
+    TimesBaseline(f64),
+    /// At most the baseline's figure.
+    AtMostBaseline,
+    /// At most this many KiB, and at most this share of Node's figure.
+    KiBAndNode(f64, f64),
+    /// Nothing lost.
+    Zero,
+}
+
+impl Goal {
+    fn text(self) -> String {
+        match self {
+            Goal::None => String::new(),
+            Goal::AtMost(x) => format!("≤ {x} ms"),
+            Goal::AtMostAndBestPeer(x) => format!("≤ {x} ms and ≤ best peer"),
+            Goal::TimesBaseline(k) => format!("≥ {k}× socketioxide"),
+            Goal::AtMostBaseline => "≤ socketioxide".into(),
+            Goal::KiBAndNode(x, k) => format!("≤ {x} KiB and ≤ {k}× Node"),
+            Goal::Zero => "0 (roomchat)".into(),
+        }
+    }
+}
+
+struct Row {
+    name: &'static str,
+    agg: Agg,
+    fmt: Fmt,
+    /// Show each server's figure ÷ the baseline's.
+    ratio: bool,
+    goal: Goal,
+}
+
+const fn row(name: &'static str, ptr: &'static str, fmt: Fmt, ratio: bool, goal: Goal) -> Row {
+    Row {
+        name,
+        agg: Agg::Median(ptr),
+        fmt,
+        ratio,
+        goal,
+    }
+}
+
+const LOST: Row = Row {
+    name: "frames lost (all runs)",
+    agg: Agg::Lost,
+    fmt: Fmt::Big,
+    ratio: false,
+    goal: Goal::Zero,
+};
+const ORDER: Row = Row {
+    name: "frames out of sender order (all runs)",
+    agg: Agg::OutOfOrder,
+    fmt: Fmt::Big,
+    ratio: false,
+    goal: Goal::Zero,
+};
+const PASSED: Row = Row {
+    name: "runs passed",
+    agg: Agg::Passed,
+    fmt: Fmt::Big,
+    ratio: false,
+    goal: Goal::None,
+};
+
+struct Case {
+    /// The run label of the results (`--label`).
+    label: &'static str,
+    title: &'static str,
+    rows: &'static [Row],
+}
+
+const LIGHT_ROWS: &[Row] = &[
+    row(
+        "p50 ms",
+        "/latency_ms/p50",
+        Fmt::Ms,
+        true,
+        Goal::AtMost(0.5),
+    ),
+    row(
+        "p99 ms",
+        "/latency_ms/p99",
+        Fmt::Ms,
+        true,
+        Goal::AtMostAndBestPeer(1.0),
+    ),
+    row("p99.9 ms", "/latency_ms/p999", Fmt::Ms, true, Goal::None),
+    row(
+        "delivered frames/s",
+        "/frames_per_sec",
+        Fmt::Big,
+        false,
+        Goal::None,
+    ),
+    LOST,
+    ORDER,
+    PASSED,
+];
+const FANOUT_ROWS: &[Row] = &[
+    row(
+        "delivered frames/s",
+        "/frames_per_sec",
+        Fmt::Big,
+        true,
+        Goal::TimesBaseline(1.5),
+    ),
+    row("p50 ms", "/latency_ms/p50", Fmt::Ms, true, Goal::None),
+    row("p99 ms", "/latency_ms/p99", Fmt::Ms, true, Goal::None),
+    row(
+        "window slots given up (median)",
+        "/window_expired",
+        Fmt::Big,
+        false,
+        Goal::None,
+    ),
+    LOST,
+    ORDER,
+    PASSED,
+];
+const BIG_ROWS: &[Row] = &[
+    row("p50 ms", "/latency_ms/p50", Fmt::Ms, true, Goal::None),
+    row(
+        "p99 ms",
+        "/latency_ms/p99",
+        Fmt::Ms,
+        true,
+        Goal::AtMostBaseline,
+    ),
+    row("p99.9 ms", "/latency_ms/p999", Fmt::Ms, true, Goal::None),
+    row(
+        "delivered frames/s",
+        "/frames_per_sec",
+        Fmt::Big,
+        false,
+        Goal::None,
+    ),
+    LOST,
+    ORDER,
+    PASSED,
+];
+const CONNS_ROWS: &[Row] = &[
+    row(
+        "RSS per idle connection KiB",
+        "/bytes_per_conn",
+        Fmt::KiB,
+        true,
+        Goal::KiBAndNode(16.0, 0.75),
+    ),
+    row(
+        "RSS before MiB",
+        "/before/rss_kib",
+        Fmt::MiB,
+        false,
+        Goal::None,
+    ),
+    row(
+        "RSS with all connected MiB",
+        "/during/rss_kib",
+        Fmt::MiB,
+        false,
+        Goal::None,
+    ),
+    row(
+        "RSS after they left MiB",
+        "/after/rss_kib",
+        Fmt::MiB,
+        false,
+        Goal::None,
+    ),
+    row(
+        "RSS after ÷ before",
+        "/rss_after_ratio",
+        Fmt::Times,
+        false,
+        Goal::None,
+    ),
+    row(
+        "connect p99 ms",
+        "/connect_ms/p99",
+        Fmt::Ms,
+        true,
+        Goal::None,
+    ),
+    row(
+        "broadcast to all p99 ms",
+        "/broadcast_ms/p99",
+        Fmt::Ms,
+        true,
+        Goal::None,
+    ),
+    row(
+        "server threads connected",
+        "/during/threads",
+        Fmt::Big,
+        false,
+        Goal::None,
+    ),
+    PASSED,
+];
+const CHURN_ROWS: &[Row] = &[
+    row("visits/s", "/visits_per_sec", Fmt::Big, true, Goal::None),
+    row(
+        "messages/s",
+        "/messages_per_sec",
+        Fmt::Big,
+        true,
+        Goal::None,
+    ),
+    row(
+        "listener p99 ms",
+        "/latency_ms/p99",
+        Fmt::Ms,
+        true,
+        Goal::None,
+    ),
+    row("visits timed out", "/timeouts", Fmt::Big, false, Goal::None),
+    row(
+        "RSS before MiB",
+        "/before/rss_kib",
+        Fmt::MiB,
+        false,
+        Goal::None,
+    ),
+    row("RSS peak MiB", "/peak/rss_kib", Fmt::MiB, false, Goal::None),
+    row(
+        "RSS after MiB",
+        "/after/rss_kib",
+        Fmt::MiB,
+        false,
+        Goal::None,
+    ),
+    PASSED,
+];
+
+const CASES: &[Case] = &[
+    Case {
+        label: "light-1x100-pinned",
+        title: "Light load, pinned: 1 room × 100 members, 10 senders, 100 msg/s in all (10,000 frames/s); server on CPU 0, generator on CPU 1",
+        rows: LIGHT_ROWS,
+    },
+    Case {
+        label: "light-1x100-shared",
+        title: "Light load, shared cores: the same, server and generator free on both cores",
+        rows: LIGHT_ROWS,
+    },
+    Case {
+        label: "fanout-1x100-shared",
+        title: "Fan-out, shared cores: 1 room × 100 members, 10 senders, window 8",
+        rows: FANOUT_ROWS,
+    },
+    Case {
+        label: "fanout-1x100-pinned",
+        title: "Fan-out, pinned: the same, server on CPU 0, generator on CPU 1",
+        rows: FANOUT_ROWS,
+    },
+    Case {
+        label: "fanout-10x100",
+        title: "Fan-out, 10 rooms × 100 members, one sender per room, window 8 (shared cores)",
+        rows: FANOUT_ROWS,
+    },
+    Case {
+        label: "fanout-1x1000-pinned",
+        title: "1 room × 1000 members, one sender at 400 msg/s (400,000 frames/s offered), pinned",
+        rows: BIG_ROWS,
+    },
+    Case {
+        label: "fanout-1x1000-shared",
+        title: "1 room × 1000 members at 400 msg/s, shared cores",
+        rows: BIG_ROWS,
+    },
+    Case {
+        label: "conns-",
+        title: "Idle connections: server memory (shared cores)",
+        rows: CONNS_ROWS,
+    },
+    Case {
+        label: "churn",
+        title: "Churn: 32 clients at a time join one of 10 rooms, send 5 messages, wait for their echoes and leave; one listener per room",
+        rows: CHURN_ROWS,
+    },
+];
+
+fn ms(x: f64) -> String {
+    if x < 10.0 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// Commas every three digits: 2,000,000.
+fn big(x: f64) -> String {
+    let s = format!("{:.0}", x);
+    let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+    let mut out = String::from(sign);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn show(fmt: Fmt, x: f64) -> String {
+    match fmt {
+        Fmt::Ms => ms(x),
+        Fmt::Big => big(x),
+        Fmt::KiB => format!("{:.1}", x / 1024.0),
+        Fmt::MiB => format!("{:.1}", x / 1024.0),
+        Fmt::Times => format!("{x:.2}"),
+    }
+}
+
+fn total(runs: &[&Value], ptr: &str) -> f64 {
+    runs.iter()
+        .filter_map(|r| r.pointer(ptr).and_then(Value::as_f64))
+        .sum()
+}
+
+/// One row's figure for one server: the number (for ratios and goals) and
+/// the cell text.
+fn figure(row: &Row, runs: &[&Value]) -> (Option<f64>, String) {
+    if runs.is_empty() {
+        return (None, "not run".into());
+    }
+    match row.agg {
+        Agg::Median(ptr) => {
+            let v = median(runs, ptr);
+            (v, v.map_or("-".into(), |x| show(row.fmt, x)))
+        }
+        Agg::Lost | Agg::OutOfOrder => {
+            let (num, den) = match row.agg {
+                Agg::Lost => (total(runs, "/lost"), total(runs, "/expected")),
+                _ => (total(runs, "/out_of_order"), total(runs, "/received")),
+            };
+            let text = if num == 0.0 || den == 0.0 {
+                big(num)
+            } else {
+                format!("{} ({:.3} %)", big(num), num * 100.0 / den)
+            };
+            (Some(num), text)
+        }
+        Agg::Passed => {
+            let ok = runs.iter().filter(|r| r["pass"] == true).count();
+            let text = if ok == runs.len() {
+                format!("{ok}/{}", runs.len())
+            } else {
+                format!("**{ok}/{}**", runs.len())
+            };
+            (Some(ok as f64), text)
+        }
+    }
+}
+
+/// Whether roomchat's figure `v` meets the goal, given every server's figure.
+fn judge(goal: Goal, v: f64, all: &[(&str, Option<f64>)]) -> Option<(bool, String)> {
+    let of = |name: &str| all.iter().find(|(s, _)| *s == name).and_then(|(_, v)| *v);
+    let best_peer = all
+        .iter()
+        .filter(|(s, _)| !is_roomchat(s))
+        .filter_map(|(_, v)| *v)
+        .reduce(f64::min);
+    Some(match goal {
+        Goal::None => return None,
+        Goal::AtMost(x) => (v <= x, String::new()),
+        Goal::AtMostAndBestPeer(x) => match best_peer {
+            Some(p) => (v <= x && v <= p, String::new()),
+            None => (v <= x, " (no peer measured)".into()),
+        },
+        Goal::TimesBaseline(k) => {
+            let b = of(BASELINE).filter(|b| *b > 0.0)?;
+            (v >= k * b, format!(" ({:.2}×)", v / b))
+        }
+        Goal::AtMostBaseline => {
+            let b = of(BASELINE)?;
+            (v <= b, String::new())
+        }
+        Goal::KiBAndNode(x, k) => {
+            let kib = v / 1024.0;
+            match of(NODE) {
+                Some(n) if n > 0.0 => (kib <= x && v <= k * n, format!(" ({:.2}× Node)", v / n)),
+                _ => (kib <= x, " (Node not measured)".into()),
+            }
+        }
+        Goal::Zero => (v == 0.0, String::new()),
+    })
+}
+
+fn verdict(goal: Goal, all: &[(&str, Option<f64>)]) -> String {
+    let mut parts = Vec::new();
+    for (server, v) in all.iter().filter(|(s, _)| is_roomchat(s)) {
+        let who = server.strip_prefix("roomchat-").unwrap_or(server);
+        let who = if who == "socketio" { "Socket.IO" } else { who };
+        match v.and_then(|v| judge(goal, v, all)) {
+            Some((true, note)) => parts.push(format!("{who} met{note}")),
+            Some((false, note)) => parts.push(format!("{who} **missed**{note}")),
+            None if matches!(goal, Goal::None) => {}
+            None => parts.push(format!("{who}: no figure")),
+        }
+    }
+    parts.join("; ")
+}
+
+/// The servers that have runs, in table order (unknown names last).
+fn servers_in(runs: &[Value]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = SERVERS
+        .iter()
+        .filter(|(s, _)| runs.iter().any(|r| r["server"] == *s))
+        .map(|(s, t)| (s.to_string(), t.to_string()))
+        .collect();
+    for r in runs {
+        if let Some(s) = r["server"].as_str() {
+            if !out.iter().any(|(n, _)| n == s) {
+                out.push((s.to_string(), s.to_string()));
+            }
+        }
+    }
+    out
+}
+
+fn case_table(
+    md: &mut String,
+    case: &Case,
+    label: &str,
+    runs: &[&Value],
+    servers: &[(String, String)],
+) {
+    let by: Vec<Vec<&Value>> = servers
+        .iter()
+        .map(|(s, _)| runs.iter().copied().filter(|r| r["server"] == *s).collect())
+        .collect();
+    let _ = writeln!(md, "#### {}\n", case.title);
+    let first = runs[0];
+    let mut notes = vec![format!("`{label}`")];
+    if let Some(cpus) = first.get("cpus") {
+        if let (Some(s), Some(b)) = (cpus["server"].as_str(), cpus["bench"].as_str()) {
+            notes.push(format!("server CPUs {s}, generator CPUs {b}"));
+        }
+    }
+    if let Some(f) = first["flow"].as_str() {
+        notes.push(format!("{f} flow"));
+    }
+    if let Some(d) = first["duration"].as_f64() {
+        notes.push(format!("{d} s of sending"));
+    }
+    if let Some(c) = first["conns"].as_u64() {
+        notes.push(format!("{c} connections in {} rooms", first["rooms"]));
+    }
+    if let Some(t) = first["threads"].as_u64().filter(|t| *t > 1) {
+        notes.push(format!("{t} generator threads"));
+    }
+    let _ = writeln!(md, "{}.\n", notes.join(", "));
+    let mut head = String::from("| measure |");
+    let mut rule = String::from("|---|");
+    for (s, title) in servers {
+        let _ = write!(
+            head,
+            " {title}{} |",
+            if s == BASELINE { " (baseline)" } else { "" }
+        );
+        rule.push_str("---|");
+    }
+    let _ = writeln!(md, "{head} roomchat target | verdict |\n{rule}---|---|");
+    for row in case.rows {
+        let figs: Vec<(Option<f64>, String)> = by.iter().map(|r| figure(row, r)).collect();
+        let base = servers
+            .iter()
+            .position(|(s, _)| s == BASELINE)
+            .and_then(|i| figs[i].0)
+            .filter(|b| *b > 0.0);
+        let _ = write!(md, "| {} |", row.name);
+        for ((s, _), (v, text)) in servers.iter().zip(&figs) {
+            match (row.ratio, v, base) {
+                (true, Some(v), Some(b)) if s != BASELINE => {
+                    let _ = write!(md, " {text} ({:.2}×) |", v / b);
+                }
+                _ => {
+                    let _ = write!(md, " {text} |");
+                }
+            }
+        }
+        let all: Vec<(&str, Option<f64>)> = servers
+            .iter()
+            .zip(&figs)
+            .map(|((s, _), (v, _))| (s.as_str(), *v))
+            .collect();
+        let _ = writeln!(md, " {} | {} |", row.goal.text(), verdict(row.goal, &all));
+    }
+    md.push('\n');
+}
+
+pub fn tables(runs: &[Value], measured: Option<&str>, command: Option<&str>) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "Machine: {}.", machine());
     if let Some(m) = measured {
         let _ = writeln!(md, "Measured: {m}.");
     }
-    md.push('\n');
-    let fan = groups(runs, "fanout");
-    if !fan.is_empty() {
-        let _ = writeln!(
-            md,
-            "### fanout\n\n| run | rooms × members | senders/room | mode | runs | lost | seq/order errors | delivered frames/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | passed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-        );
-        for (label, r) in &fan {
-            let f = r[0];
-            let mut mode = match f["rate"].as_f64() {
-                Some(rate) => format!("{rate} msg/s"),
-                None => format!("window {}", f["window"]),
+    if let Some(c) = command {
+        let _ = writeln!(md, "Command: `{c}`.");
+    }
+    let servers = servers_in(runs);
+    let names: Vec<&str> = servers.iter().map(|(_, t)| t.as_str()).collect();
+    let _ = writeln!(
+        md,
+        "\nEvery figure below was measured in this run, by the same load generator, \
+         against {}. In parentheses: the figure ÷ socketioxide-chat's. \
+         Medians of the runs; loss, reordering and passes are totals.\n",
+        names.join(", ")
+    );
+    let mut shown = Vec::new();
+    for case in CASES {
+        for (label, rs) in groups(runs, "fanout")
+            .into_iter()
+            .chain(groups(runs, "conns"))
+            .chain(groups(runs, "churn"))
+        {
+            let hit = if case.label.ends_with('-') {
+                label.starts_with(case.label)
+            } else {
+                label == case.label
             };
-            if f["threads"].as_u64().unwrap_or(1) > 1 {
-                mode.push_str(&format!(", {} bench threads", f["threads"]));
+            if hit && !rs.is_empty() {
+                case_table(&mut md, case, &label, &rs, &servers);
+                shown.push(label);
             }
-            let _ = writeln!(
-                md,
-                "| {label} | {} × {} | {} | {mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                f["rooms"],
-                f["members"],
-                f["senders"],
-                r.len(),
-                sum(r, "/lost"),
-                sum(r, "/seq_errors") + sum(r, "/order_errors"),
-                big(median(r, "/frames_per_sec")),
-                ms(median(r, "/latency_ms/p50")),
-                ms(median(r, "/latency_ms/p90")),
-                ms(median(r, "/latency_ms/p99")),
-                ms(median(r, "/latency_ms/p999")),
-                ms(median(r, "/latency_ms/max")),
-                all_pass(r),
-            );
         }
-        md.push('\n');
     }
-    let conns = groups(runs, "conns");
-    if !conns.is_empty() {
+    // Runs of other labels (ad hoc cases, the load sweep): one line each.
+    let mut rest = Vec::new();
+    for (label, rs) in groups(runs, "fanout") {
+        if !shown.contains(&label) {
+            rest.push((label, rs));
+        }
+    }
+    if !rest.is_empty() {
         let _ = writeln!(
             md,
-            "### conns\n\n| run | connections × rooms | runs | joined | failed or dropped | connect p50 / p99 ms | connect+join p99 ms | broadcast p99 ms | RSS before / during / after MiB | threads before / during / after | RSS per connection | passed |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "#### Other fan-out runs\n\n| run | server | runs | delivered frames/s | p50 ms | p99 ms | p99.9 ms | lost | passed |\n|---|---|---|---|---|---|---|---|---|"
         );
-        for (label, r) in &conns {
-            let f = r[0];
-            let bpc = median(r, "/bytes_per_conn")
-                .map_or("-".into(), |b| format!("{:.1} KiB", b / 1024.0));
-            let _ = writeln!(
-                md,
-                "| {label} | {} × {} | {} | {} | {} | {} / {} | {} | {} | {} / {} / {} | {} / {} / {} | {bpc} | {} |",
-                f["conns"],
-                f["rooms"],
-                r.len(),
-                int(median(r, "/joined")),
-                sum(r, "/failed") + sum(r, "/dropped"),
-                ms(median(r, "/connect_ms/p50")),
-                ms(median(r, "/connect_ms/p99")),
-                ms(median(r, "/join_ms/p99")),
-                ms(median(r, "/broadcast_ms/p99")),
-                mib(median(r, "/before/rss_kib")),
-                mib(median(r, "/during/rss_kib")),
-                mib(median(r, "/after/rss_kib")),
-                int(median(r, "/before/threads")),
-                int(median(r, "/during/threads")),
-                int(median(r, "/after/threads")),
-                all_pass(r),
-            );
-        }
-        md.push('\n');
-    }
-    let churn = groups(runs, "churn");
-    if !churn.is_empty() {
-        let _ = writeln!(
-            md,
-            "### churn\n\n| run | clients at a time × rooms | runs | seconds | visits/s | messages/s | lost | failed | threads before / peak / after | RSS before / peak / after MiB | passed |\n|---|---|---|---|---|---|---|---|---|---|---|"
-        );
-        for (label, r) in &churn {
-            let f = r[0];
-            let _ = writeln!(
-                md,
-                "| {label} | {} × {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} / {} / {} | {} |",
-                f["clients"],
-                f["rooms"],
-                r.len(),
-                ms(median(r, "/secs")),
-                big(median(r, "/visits_per_sec")),
-                big(median(r, "/messages_per_sec")),
-                sum(r, "/lost"),
-                sum(r, "/failed"),
-                int(median(r, "/before/threads")),
-                int(median(r, "/peak/threads")),
-                int(median(r, "/after/threads")),
-                mib(median(r, "/before/rss_kib")),
-                mib(median(r, "/peak/rss_kib")),
-                mib(median(r, "/after/rss_kib")),
-                all_pass(r),
-            );
+        for (label, rs) in rest {
+            for (s, title) in &servers {
+                let r: Vec<&Value> = rs.iter().copied().filter(|r| r["server"] == *s).collect();
+                if r.is_empty() {
+                    continue;
+                }
+                let m = |p: &str| median(&r, p);
+                let _ = writeln!(
+                    md,
+                    "| {label} | {title} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.len(),
+                    m("/frames_per_sec").map_or("-".into(), big),
+                    m("/latency_ms/p50").map_or("-".into(), ms),
+                    m("/latency_ms/p99").map_or("-".into(), ms),
+                    m("/latency_ms/p999").map_or("-".into(), ms),
+                    figure(&LOST, &r).1,
+                    figure(&PASSED, &r).1,
+                );
+            }
         }
         md.push('\n');
     }
@@ -246,9 +709,10 @@ pub fn summary(
     files: &[PathBuf],
     doc: Option<&Path>,
     measured: Option<&str>,
+    command: Option<&str>,
 ) -> Result<bool, String> {
     let runs = load(files)?;
-    let md = tables(&runs, measured);
+    let md = tables(&runs, measured, command);
     print!("{md}");
     if let Some(doc) = doc {
         let text = std::fs::read_to_string(doc).map_err(|e| format!("{}: {e}", doc.display()))?;
