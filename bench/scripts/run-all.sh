@@ -14,9 +14,9 @@
 #                     CPU 0, generator on CPU 1, with taskset) and/or shared
 #                     (both free on both cores)
 #   SECS=3            seconds of sending in the window cases
-#   LIGHT_SECS=5      seconds of the light-load case (100 msg/s)
-#   BIG_SECS=2.5      seconds of the 1 × 1000 case (400 msg/s)
-#   CHURN_SECS=8      seconds of churn
+#   LIGHT_SECS=4      seconds of the light-load case (100 msg/s)
+#   BIG_SECS=1        seconds of the 1 × 1000 case (400 msg/s)
+#   CHURN_SECS=6      seconds of churn
 #   CONNS=10000       idle connections in the conns case
 #   SWEEP=0           1: also the latency-vs-load sweep (roomchat native) and
 #                     its plot, docs/latency-vs-load.svg
@@ -32,9 +32,9 @@ SERVERS=${SERVERS:-"roomchat-native roomchat-socketio"}
 PEERS=${PEERS-"seed-socketio socketioxide-chat"}
 PIN=${PIN:-"pinned shared"}
 SECS=${SECS:-3}
-LIGHT_SECS=${LIGHT_SECS:-5}
-BIG_SECS=${BIG_SECS:-2.5}
-CHURN_SECS=${CHURN_SECS:-8}
+LIGHT_SECS=${LIGHT_SECS:-4}
+BIG_SECS=${BIG_SECS:-1}
+CHURN_SECS=${CHURN_SECS:-6}
 CONNS=${CONNS:-10000}
 SWEEP=${SWEEP:-0}
 DOC=${DOC-docs/BENCHMARKS.md}
