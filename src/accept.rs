@@ -16,7 +16,7 @@ use tungstenite::handshake::derive_accept_key;
 
 use crate::codec::Encoding;
 use crate::config::Origins;
-use crate::connection;
+use crate::connection::{self, Link};
 use crate::http::Desk;
 use crate::httpconn::{answer, header, plain, Answer, Body, Conn, Head, HeadError};
 use crate::polling::Polling;
@@ -73,7 +73,11 @@ pub(crate) fn run(listener: TcpListener, port: Port, front: Arc<Front>) {
             .stack_size(READER_STACK)
             .spawn(move || {
                 let _slot = slot;
-                serve(socket, accepted, port, &front);
+                // A WebSocket client is read from the top of this thread:
+                // see `connection::open`.
+                if let Some((client, ws)) = serve(socket, accepted, port, &front) {
+                    connection::run(client, ws);
+                }
             });
         if let Err(e) = spawned {
             warn!("cannot start a connection thread: {e}");
@@ -111,10 +115,11 @@ impl Throttle {
 }
 
 /// One socket, on its own thread: request after request until one ends the
-/// connection. Each head must be complete by its deadline: `accepted` plus
-/// the handshake timeout for the first, the end of the previous answer
-/// plus that timeout for the next.
-fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) {
+/// connection, or makes it a WebSocket (returned, for the caller to run).
+/// Each head must be complete by its deadline: `accepted` plus the
+/// handshake timeout for the first, the end of the previous answer plus
+/// that timeout for the next.
+fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) -> Option<Link> {
     let shared = &front.shared;
     let timeout = shared.config.handshake_timeout;
     let mut conn = Conn::new(socket);
@@ -122,7 +127,10 @@ fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) {
     loop {
         let head = match conn.read_head(deadline) {
             Ok(head) => head,
-            Err(e) => return refuse_head(&mut conn, e, answer_deadline(shared)),
+            Err(e) => {
+                refuse_head(&mut conn, e, answer_deadline(shared));
+                return None;
+            }
         };
         let origins = &shared.handshake_origins;
         let keep_going = match route(&head, port, origins) {
@@ -139,7 +147,7 @@ fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) {
             }
         };
         if !keep_going {
-            return;
+            return None;
         }
         deadline = Instant::now() + timeout;
     }
@@ -195,23 +203,26 @@ fn upgrade(
     sid: Option<String>,
     deadline: Instant,
     front: &Front,
-) {
+) -> Option<Link> {
     let shared = &front.shared;
     if let Some(sid) = sid {
         return front.polling.upgrade(conn, &sid, accept_key, deadline);
     }
     if shared.stopping() {
         let refusal = Refusal::text(503, "server is shutting down");
-        return refusal.send(&mut conn, answer_deadline(shared));
+        refusal.send(&mut conn, answer_deadline(shared));
+        return None;
     }
     let Some(admission) = shared.admit() else {
         let refusal = Refusal::text(503, "too many connections");
-        return refusal.send(&mut conn, answer_deadline(shared));
+        refusal.send(&mut conn, answer_deadline(shared));
+        return None;
     };
     if let Err(e) = switch_protocols(&conn, accept_key, deadline) {
-        return debug!("handshake answer failed: {e}");
+        debug!("handshake answer failed: {e}");
+        return None;
     }
-    connection::serve(conn.socket, conn.pending, encoding, admission, shared);
+    connection::open(conn.socket, conn.pending, encoding, admission, shared)
 }
 
 /// Writes the 101 answer that makes the connection a WebSocket.

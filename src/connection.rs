@@ -22,25 +22,35 @@ use crate::shared::{Admission, Shared};
 /// How long a connection we closed may still send before we close the socket.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// A client's WebSocket, read by its own thread.
-pub(crate) type Socket = WebSocket<ClientStream>;
+/// A client's WebSocket, read by its own thread. Boxed: it moves through
+/// a few frames of that thread's stack, whose every touched page stays
+/// resident for the life of the connection.
+pub(crate) type Socket = Box<WebSocket<ClientStream>>;
 
-/// Serves a new client whose handshake is done, until it goes. `leftover`
+/// A client and its WebSocket, ready for [`run`].
+pub(crate) type Link = (Box<Client>, Socket);
+
+/// Registers a new client whose handshake is done and greets it. `leftover`
 /// holds bytes read past the handshake; `admission` is its place under
-/// `--max-connections`, given back when the client goes.
-pub(crate) fn serve(
+/// `--max-connections`, given back when the client goes. None if shutdown
+/// began meanwhile (the client got its Close).
+///
+/// The caller then calls [`run`] from the top of its thread: the frames
+/// that led here are gone by then, so the pages of stack this thread keeps
+/// resident for the life of the connection are as few as can be.
+pub(crate) fn open(
     socket: Arc<TcpStream>,
     leftover: Vec<u8>,
     encoding: Encoding,
     admission: Admission,
     shared: &Arc<Shared>,
-) {
+) -> Option<Link> {
     let Some(client) = Client::register(encoding, Some(Arc::clone(&socket)), admission, shared)
     else {
         // Shutdown began between the handshake and now: nobody else writes
         // this socket yet, so its Close goes out directly.
         let _ = (&*socket).write_all(&frame::close(1001, "server shutting down"));
-        return;
+        return None;
     };
     let config = &shared.config;
     match encoding {
@@ -58,7 +68,7 @@ pub(crate) fn serve(
         }
     }
     let ws = websocket(socket, leftover, Some(Arc::clone(&client.outbox)), shared);
-    run(client, ws);
+    Some((Box::new(client), ws))
 }
 
 /// A WebSocket over `socket`. Its own replies (Pong, Close) go to `outbox`;
@@ -83,12 +93,17 @@ pub(crate) fn websocket(
         ping_interval: config.ping_interval,
         next_ping: now + config.ping_interval,
     };
-    WebSocket::from_partially_read(stream, leftover, Role::Server, Some(shared.ws_config))
+    Box::new(WebSocket::from_partially_read(
+        stream,
+        leftover,
+        Role::Server,
+        Some(shared.ws_config),
+    ))
 }
 
 /// The one read loop: frames in, decoded by the client's codec, handled by
 /// its session, until the connection ends; then the client goes.
-pub(crate) fn run(mut client: Client, mut ws: Socket) {
+pub(crate) fn run(mut client: Box<Client>, mut ws: Socket) {
     let close = loop {
         let message = match next_message(&mut ws, client.id()) {
             Ok(message) => message,
@@ -104,7 +119,11 @@ pub(crate) fn run(mut client: Client, mut ws: Socket) {
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
-        if client.session.handle(inbound) == Flow::End {
+        let flow = client.session.handle(inbound);
+        // The writes the message caused happen here, at the top of this
+        // thread's stack, with no lock held.
+        client.session.flush();
+        if flow == Flow::End {
             // The client is done: answer with a Close, as for any close we start.
             break Some((1000, "client disconnected"));
         }
@@ -113,8 +132,11 @@ pub(crate) fn run(mut client: Client, mut ws: Socket) {
     // our Close: by then the server has forgotten the client.
     drop(client);
     let stream = ws.get_mut();
-    if let Some((code, reason)) = close {
-        stream.close(code, reason);
+    match close {
+        Some((code, reason)) => stream.close(code, reason),
+        // Nothing more will be written (a Close reply to the peer's may be
+        // queued): the writer ends after what is queued.
+        None => stream.end(),
     }
     // Wait (briefly) for the peer to close after our Close or Close reply,
     // and for the writer to finish (a slow consumer's 1013 waits for its
@@ -221,6 +243,13 @@ impl ClientStream {
     /// Sets the deadline by which a message must arrive.
     pub(crate) fn set_deadline(&mut self, deadline: Instant) {
         self.deadline = deadline;
+    }
+
+    /// Tells the writer that nothing follows what is queued.
+    fn end(&mut self) {
+        if let Some(outbox) = &self.outbox {
+            outbox.control(Outbound::Close(Box::default()));
+        }
     }
 
     /// Queues a Close with `code`: the connection ends after it.

@@ -3,11 +3,14 @@
 //! Close answers) reaches the socket through this queue, so frames never
 //! interleave and a client that stops reading only fills its own queue.
 //!
-//! The writer is a role claimed with one atomic flag: the push that finds
-//! it free claims it, and once every lock is released a writer thread is
-//! started for the claim. The thread drains everything queued into one
-//! vectored write, lingers a little for more, then gives the role back and
-//! ends, so an idle client costs no writer thread.
+//! The writer is a role claimed with one atomic flag, not a thread: the
+//! push that finds it free claims it, and once every lock is released
+//! (`Mailbox::wake`) the pushing thread writes everything queued itself,
+//! with a send that never blocks. Only if the socket would block (the peer
+//! reads slowly) does a writer thread take the role over, finish the write
+//! with blocking sends, and give the role back when the queue is empty. So
+//! a message reaches a reading client with no thread woken on its behalf,
+//! and a slow one never holds up the sender.
 //!
 //! Everything queued counts toward the bounds, control frames included (a
 //! peer that sends Pings and never reads the Pongs fills its queue like any
@@ -38,9 +41,24 @@ const MAX_BATCH: usize = 512;
 /// one item, however large). What it took no longer counts toward the
 /// queue's bounds, so a client holds at most the bounds plus one batch.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
-/// A writer thread waits this long for more before it ends; a busy client
-/// keeps its writer, an idle one gives the thread back.
-const WRITER_LINGER: Duration = Duration::from_secs(2);
+/// A writer thread waits this long for more before it gives the role back
+/// and ends: a busy client keeps its writer.
+const WRITER_LINGER: Duration = Duration::from_millis(100);
+/// A client written to more recently than this is busy: its writes are
+/// left to a writer thread, which batches them, rather than made one by one.
+const HOT_MICROS: u64 = 1000;
+
+/// Microseconds since the first call: a cheap clock for `last_write`.
+fn micros() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
+}
+/// Batches a pushing thread writes for a client before it leaves the rest
+/// to a writer thread: it has its own client to serve.
+const DIRECT_PASSES: usize = 4;
 /// Stack for a writer thread: it only drains a channel and encodes frames.
 const WRITER_STACK: usize = 128 * 1024;
 
@@ -103,6 +121,11 @@ struct Queue {
     /// Writer threads running (0 or 1), and a signal when one ends.
     running: Mutex<usize>,
     writer_ended: Condvar,
+    /// A batch a send left unfinished (the socket would have blocked), for
+    /// the writer thread to finish first. Only the role's holder uses it.
+    unfinished: Mutex<Option<(Batch, usize)>>,
+    /// When a pushing thread last wrote to the socket (see `micros`).
+    last_write: std::sync::atomic::AtomicU64,
     encoding: Encoding,
     metrics: Arc<Metrics>,
 }
@@ -127,6 +150,8 @@ impl Outbox {
             socket: socket.map(OnceLock::from).unwrap_or_default(),
             running: Mutex::new(0),
             writer_ended: Condvar::new(),
+            unfinished: Mutex::new(None),
+            last_write: std::sync::atomic::AtomicU64::new(0),
             encoding,
             metrics,
         };
@@ -148,6 +173,13 @@ impl Outbox {
     pub(crate) fn control(&self, item: Outbound) {
         let _ = self.enqueue(item);
         self.wake();
+    }
+
+    /// Queues `item`; true if it must be woken (it claimed the writer
+    /// role, or overflowed the queue), which the caller does once it holds
+    /// no lock (`Mailbox::wake`).
+    pub(crate) fn enqueue_for_wake(&self, item: Outbound) -> bool {
+        self.enqueue(item).unwrap_or(true)
     }
 
     /// Whether the queue went past its bounds (the client is being cut off).
@@ -224,13 +256,49 @@ impl Outbox {
             .wait_timeout_while(running, timeout, |n| *n > 0);
     }
 
-    /// A long-polling client moved to a WebSocket: from now on a writer
-    /// writes to `socket`. One is started at once for anything queued.
+    /// A long-polling client moved to a WebSocket: from now on the queue is
+    /// written to `socket`, starting with what is queued now.
     pub(crate) fn attach(&self, socket: Arc<TcpStream>) {
         let q = &self.queue;
         if q.socket.set(socket).is_ok() && !q.writer.swap(true, SeqCst) {
-            self.start_writer();
+            self.write_now();
         }
+    }
+
+    /// Holding the writer role: writes what is queued without blocking, a
+    /// few batches at most, then gives the role back, or hands it to a
+    /// writer thread if the socket would block or more keeps coming.
+    fn write_now(&self) {
+        let q = &self.queue;
+        let Some(socket) = q.socket.get() else {
+            q.writer.store(false, SeqCst);
+            return;
+        };
+        for _ in 0..DIRECT_PASSES {
+            let mut batch = Batch::default();
+            if !q.take_batch(&mut batch) {
+                if q.give_back_role() {
+                    return;
+                }
+                continue; // something came meanwhile, and the role is ours again
+            }
+            if q.overflowed.load(Relaxed) {
+                break; // the writer thread says 1013
+            }
+            match batch.write(socket, q.encoding, 0, Send::Nonblocking) {
+                Ok(Written::All) => q.sent(&batch.items),
+                Ok(Written::Close) => {
+                    q.sent(&batch.items);
+                    return q.finish(socket, true);
+                }
+                Ok(Written::Partly(done)) => {
+                    *q.lock_unfinished() = Some((batch, done));
+                    break;
+                }
+                Err(_) => return q.finish(socket, false),
+            }
+        }
+        self.start_writer();
     }
 
     /// For a long-polling GET: the next queued item, or a message on
@@ -268,15 +336,21 @@ impl Mailbox for Outbox {
     fn wake(&self) {
         let q = &self.queue;
         if q.overflow_pending.swap(false, SeqCst) {
-            let (frames, bytes) = (q.frames.load(Relaxed), q.bytes.load(Relaxed));
-            warn!("a client is a slow consumer ({frames} frames, {bytes} bytes queued); disconnecting it");
-            q.metrics.slow_consumer_disconnect();
-            // Wakes the reader's blocking read, which then ends the connection.
-            if let Some(socket) = q.socket.get() {
-                let _ = socket.shutdown(Shutdown::Read);
-            }
+            q.cut_off();
         }
         if q.start_pending.swap(false, SeqCst) {
+            let now = micros();
+            let last = q.last_write.swap(now, Relaxed);
+            if last != 0 && now.saturating_sub(last) < HOT_MICROS {
+                self.start_writer();
+            } else {
+                self.write_now();
+            }
+        } else if q.overflowed.load(Relaxed)
+            && q.socket.get().is_some()
+            && !q.writer.swap(true, SeqCst)
+        {
+            // The slow consumer's Close 1013 waits for its peer: a thread's job.
             self.start_writer();
         }
     }
@@ -292,42 +366,42 @@ impl Mailbox for Outbox {
     }
 }
 
-/// The writer thread: drains the queue batch by batch until it stays empty
-/// for `WRITER_LINGER`, a Close is written, the write fails, or the client
-/// is gone. Only the first of these gives the role back; after the others
-/// nothing more may be written, so no writer is started again.
+/// The writer thread, holding the role: finishes what a non-blocking send
+/// left, then drains the queue batch by batch with blocking sends (each
+/// bounded by the socket's write timeout) until it stays empty for
+/// `WRITER_LINGER`, a Close is written, a write fails, or the client is
+/// gone. Only the first of these gives the role back; after the others
+/// nothing more may be written, so the role is kept.
 fn run_writer(queue: &Queue) {
     let socket = queue
         .socket
         .get()
         .expect("a writer starts only with a socket");
-    let mut batch = Batch::default();
+    let unfinished = queue.lock_unfinished().take();
+    let (mut batch, mut done) = unfinished.unwrap_or_default();
     loop {
-        match queue.next_batch(&mut batch) {
-            Next::Batch => {}
-            Next::Idle => return,
-            Next::Gone => break,
+        if batch.items.is_empty() {
+            match queue.next_batch(&mut batch) {
+                Next::Batch => {}
+                Next::Idle => return,
+                Next::Gone => break,
+            }
         }
         if queue.overflowed.load(Relaxed) {
             let _ = (&**socket).write_all(&frame::close(1013, "slow consumer"));
             break;
         }
-        let written = batch.write(socket, queue.encoding);
+        let written = batch.write(socket, queue.encoding, done, Send::Blocking);
         queue.sent(&batch.items);
         batch.clear();
+        done = 0;
         match written {
             Ok(Written::All) => {}
-            Ok(Written::Close) => {
-                // Half-close: the peer sees our FIN after the Close frame;
-                // the reader still takes the peer's Close reply.
-                let _ = socket.shutdown(Shutdown::Write);
-                return;
-            }
-            Err(_) => break,
+            Ok(Written::Close) => return queue.finish(socket, true),
+            Ok(Written::Partly(_)) | Err(_) => break,
         }
     }
-    // Wake the reader if it is still blocked (a write error, a slow consumer).
-    let _ = socket.shutdown(Shutdown::Both);
+    queue.finish(socket, false);
 }
 
 /// What the writer found waiting.
@@ -341,19 +415,38 @@ enum Next {
 }
 
 impl Queue {
+    /// A slow consumer: counted, logged once, and its reader woken (its
+    /// blocking read ends, and with it the connection).
+    #[cold]
+    #[inline(never)]
+    fn cut_off(&self) {
+        let (frames, bytes) = (self.frames.load(Relaxed), self.bytes.load(Relaxed));
+        warn!(
+            "a client is a slow consumer ({frames} frames, {bytes} bytes queued); disconnecting it"
+        );
+        self.metrics.slow_consumer_disconnect();
+        if let Some(socket) = self.socket.get() {
+            let _ = socket.shutdown(Shutdown::Read);
+        }
+    }
+
     fn lock_running(&self) -> std::sync::MutexGuard<'_, usize> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_unfinished(&self) -> std::sync::MutexGuard<'_, Option<(Batch, usize)>> {
+        self.unfinished.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Waits up to `WRITER_LINGER` for the first item, then takes whatever
-    /// else is queued, up to `MAX_BATCH` items and `MAX_BATCH_BYTES`.
+    /// else is queued (see `fill`).
     fn next_batch(&self, batch: &mut Batch) -> Next {
-        let mut bytes = loop {
+        loop {
             match self.rx.recv_timeout(WRITER_LINGER) {
                 Ok(first) => {
-                    let bytes = first.weight();
                     batch.items.push(first);
-                    break bytes;
+                    self.fill(batch);
+                    return Next::Batch;
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.give_back_role() {
@@ -362,7 +455,19 @@ impl Queue {
                 }
                 Err(RecvTimeoutError::Disconnected) => return Next::Gone,
             }
-        };
+        }
+    }
+
+    /// Takes whatever is queued, without waiting; false if nothing is.
+    fn take_batch(&self, batch: &mut Batch) -> bool {
+        self.fill(batch);
+        !batch.items.is_empty()
+    }
+
+    /// Adds queued items to `batch`, up to `MAX_BATCH` items and
+    /// `MAX_BATCH_BYTES`, and takes them off the queue's bounds.
+    fn fill(&self, batch: &mut Batch) {
+        let mut bytes: usize = batch.items.iter().map(Outbound::weight).sum();
         while batch.items.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match self.rx.try_recv() {
                 Ok(item) => {
@@ -373,7 +478,19 @@ impl Queue {
             }
         }
         self.release(&batch.items);
-        Next::Batch
+    }
+
+    /// The end of writing: after a Close, a half-close (the peer sees our
+    /// FIN after the Close; the reader still takes the peer's reply);
+    /// after an error or a slow consumer's 1013, the whole socket, which
+    /// also wakes a reader still blocked.
+    fn finish(&self, socket: &TcpStream, closed: bool) {
+        let how = if closed {
+            Shutdown::Write
+        } else {
+            Shutdown::Both
+        };
+        let _ = socket.shutdown(how);
     }
 
     /// Gives the writer role up. False if something was queued meanwhile
@@ -418,11 +535,30 @@ enum Written {
     All,
     /// A Close frame was written; nothing may follow it.
     Close,
+    /// The socket would have blocked after this many bytes (a send that
+    /// must not block), or the peer took no more (one that may).
+    Partly(usize),
+}
+
+/// Whether a send may block.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Send {
+    /// A pushing thread's send, which must not wait for the peer.
+    Nonblocking,
+    /// A writer thread's, bounded by the socket's write timeout.
+    Blocking,
 }
 
 impl Batch {
-    /// Writes the batch (up to and including a Close) in one vectored write.
-    fn write(&mut self, socket: &TcpStream, encoding: Encoding) -> io::Result<Written> {
+    /// Writes the batch (up to and including a Close) with vectored sends,
+    /// the first `skip` bytes having been written already.
+    fn write(
+        &mut self,
+        socket: &TcpStream,
+        encoding: Encoding,
+        skip: usize,
+        send: Send,
+    ) -> io::Result<Written> {
         self.framed = self
             .items
             .iter()
@@ -450,11 +586,13 @@ impl Batch {
                 break;
             }
         }
-        write_all_vectored(socket, &mut slices)?;
-        Ok(if closing {
-            Written::Close
-        } else {
-            Written::All
+        let mut slices = &mut slices[..];
+        IoSlice::advance_slices(&mut slices, skip);
+        let written = send_all(socket, slices, send)?;
+        Ok(match written {
+            Some(n) => Written::Partly(skip + n),
+            None if closing => Written::Close,
+            None => Written::All,
         })
     }
 
@@ -473,14 +611,32 @@ fn ping(encoding: Encoding) -> &'static [u8] {
     }
 }
 
-fn write_all_vectored(mut socket: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+/// Sends every slice; None when all went, or Some(bytes sent) when a
+/// non-blocking send would have blocked.
+fn send_all(
+    socket: &TcpStream,
+    mut slices: &mut [IoSlice<'_>],
+    send: Send,
+) -> io::Result<Option<usize>> {
+    let sock = socket2::SockRef::from(socket);
+    let mut sent = 0;
     while !slices.is_empty() {
-        match socket.write_vectored(slices) {
+        let result = match send {
+            Send::Nonblocking => sock.send_vectored_with_flags(slices, libc::MSG_DONTWAIT),
+            Send::Blocking => (&*socket).write_vectored(slices),
+        };
+        match result {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Ok(n) => {
+                sent += n;
+                IoSlice::advance_slices(&mut slices, n);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && send == Send::Nonblocking => {
+                return Ok(Some(sent));
+            }
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(None)
 }

@@ -35,7 +35,7 @@ use tungstenite::Message;
 
 use crate::accept::{answer_deadline, switch_protocols, Refusal};
 use crate::codec::{engineio, frame, Encoding};
-use crate::connection;
+use crate::connection::{self, Link};
 use crate::httpconn::{answer, header, plain, Answer, Body, Conn, Head};
 use crate::outbox::{Outbound, Outbox, Taken};
 use crate::session::{Client, Flow};
@@ -283,6 +283,7 @@ impl Polling {
                 break;
             }
         }
+        client.session.flush();
         state.heard = Instant::now();
         drop(state);
         if goodbye {
@@ -293,9 +294,16 @@ impl Polling {
     }
 
     /// A WebSocket taking over session `sid`: answers the probe, and on the
-    /// client's `5` hands it the queue and becomes the client's reader. A
-    /// probe that fails leaves the session polling.
-    pub(crate) fn upgrade(&self, mut conn: Conn, sid: &str, accept_key: &str, deadline: Instant) {
+    /// client's `5` hands it the queue and returns the client, for this
+    /// thread to read (`connection::run`). A probe that fails leaves the
+    /// session polling.
+    pub(crate) fn upgrade(
+        &self,
+        mut conn: Conn,
+        sid: &str,
+        accept_key: &str,
+        deadline: Instant,
+    ) -> Option<Link> {
         let shared = &self.shared;
         let poll = self.find(sid).filter(|p| {
             let state = p.state();
@@ -303,17 +311,17 @@ impl Polling {
         });
         let Some(poll) = poll else {
             let refusal = Refusal::engine_io(1, "Session ID unknown");
-            return refusal.send(&mut conn, answer_deadline(shared));
+            refusal.send(&mut conn, answer_deadline(shared));
+            return None;
         };
-        if switch_protocols(&conn, accept_key, deadline).is_err() {
-            return;
-        }
+        switch_protocols(&conn, accept_key, deadline).ok()?;
         let socket = Arc::clone(&conn.socket);
         let mut ws = connection::websocket(Arc::clone(&socket), conn.pending, None, shared);
         ws.get_mut().set_deadline(Instant::now() + UPGRADE_TIMEOUT);
         if !self.probe(&mut ws, &poll) {
             poll.state().upgrading = false;
-            return debug!("session {sid}: upgrade probe failed");
+            debug!("session {sid}: upgrade probe failed");
+            return None;
         }
         let client = {
             let mut state = poll.state();
@@ -321,9 +329,8 @@ impl Polling {
             state.upgraded = true;
             state.client.take()
         };
-        let Some(client) = client else {
-            return; // ended meanwhile
-        };
+        // None: the session ended meanwhile.
+        let client = client?;
         // A GET still held gets the close packet: polling is over.
         let _ = poll.release.0.try_send(Release::Close);
         info!("client {} upgraded to WebSocket", client.id());
@@ -332,7 +339,7 @@ impl Polling {
         let stream = ws.get_mut();
         stream.queue_to(Arc::clone(&poll.outbox));
         stream.set_deadline(Instant::now() + shared.config.idle_timeout);
-        connection::run(client, ws);
+        Some((Box::new(client), ws))
     }
 
     /// The probe: `2probe` is answered `3probe` (directly: the socket has

@@ -97,26 +97,53 @@ struct Member {
     mailbox: Arc<dyn Mailbox>,
 }
 
-/// What the pushes of one operation left to do.
+/// Mailboxes to wake once no lock is held: what registry operations hand
+/// back. The caller wakes them when it suits it (a reader, after the
+/// message it is handling; so the writing happens at the top of its stack,
+/// and what several requests queued for one client goes out together).
 #[derive(Default)]
-struct Delivery {
+pub struct Wakes(Vec<Arc<dyn Mailbox>>);
+
+impl Wakes {
+    pub(crate) fn add(&mut self, mailbox: &Arc<dyn Mailbox>) {
+        self.0.push(Arc::clone(mailbox));
+    }
+
+    /// Wakes every mailbox collected so far.
+    pub fn wake_all(&mut self) {
+        for mailbox in self.0.drain(..) {
+            mailbox.wake();
+        }
+    }
+}
+
+/// What the pushes of one operation left to do.
+struct Delivery<'w> {
     /// Slow consumers to take out of their rooms (still under the lock).
     evicted: Vec<ClientId>,
     /// The requester's `ack`, queued last: after every frame the request
     /// caused for it, the `userLeft` of members it pushed over the edge too.
     ack: Option<(ClientId, Arc<Outgoing>)>,
     /// Mailboxes to wake once the lock is released.
-    wake: Vec<Arc<dyn Mailbox>>,
+    wakes: &'w mut Wakes,
 }
 
-impl Delivery {
+impl Delivery<'_> {
+    fn new(wakes: &mut Wakes) -> Delivery<'_> {
+        Delivery {
+            evicted: Vec::new(),
+            ack: None,
+            wakes,
+        }
+    }
+
     fn push(&mut self, id: ClientId, mailbox: &Arc<dyn Mailbox>, event: &Arc<Outgoing>) {
         match mailbox.push(event) {
             Ok(false) => {}
-            Ok(true) => self.wake.push(Arc::clone(mailbox)),
+            Ok(true) => self.wakes.add(mailbox),
             Err(Overflow) => {
                 self.evicted.push(id);
-                self.wake.push(Arc::clone(mailbox));
+                self.wakes.add(mailbox);
             }
         }
     }
@@ -222,9 +249,9 @@ impl Registry {
     }
 
     /// Forgets a client, telling its room `userLeft`. Safe to call twice.
-    pub fn disconnect(&self, id: ClientId) {
+    pub fn disconnect(&self, id: ClientId, wakes: &mut Wakes) {
         let mut inner = self.lock();
-        let mut d = Delivery::default();
+        let mut d = Delivery::new(wakes);
         inner.leave_room(id, &mut d);
         inner.clients.remove(&id);
         self.finish(inner, d);
@@ -240,9 +267,16 @@ impl Registry {
 
     /// `joinRoom`: leaves the current room (unless it is `room`), joins `room`
     /// as `username`, answers `joined` and, with an ack, `ack`.
-    pub fn join(&self, id: ClientId, username: &str, room: &str, ack: Option<u64>) {
+    pub fn join(
+        &self,
+        id: ClientId,
+        username: &str,
+        room: &str,
+        ack: Option<u64>,
+        wakes: &mut Wakes,
+    ) {
         let mut inner = self.lock();
-        let mut d = Delivery::default();
+        let mut d = Delivery::new(wakes);
         if inner.room_of(id).as_deref() == Some(room) {
             inner.rename(id, room, username, &mut d);
         } else if !inner.enter(id, room, username, &mut d) {
@@ -257,9 +291,14 @@ impl Registry {
     }
 
     /// `leaveRoom`: answers `left` and, with an ack, `ack`.
-    pub fn leave(&self, id: ClientId, ack: Option<u64>) -> Result<(), NotInRoom> {
+    pub fn leave(
+        &self,
+        id: ClientId,
+        ack: Option<u64>,
+        wakes: &mut Wakes,
+    ) -> Result<(), NotInRoom> {
         let mut inner = self.lock();
-        let mut d = Delivery::default();
+        let mut d = Delivery::new(wakes);
         let room = inner.leave_room(id, &mut d).ok_or(NotInRoom)?;
         inner.send_to(
             id,
@@ -272,9 +311,15 @@ impl Registry {
     }
 
     /// `chatMessage`: numbers the message, sends it to the whole room, keeps it in history.
-    pub fn chat(&self, id: ClientId, text: &str, ack: Option<u64>) -> Result<u64, NotInRoom> {
+    pub fn chat(
+        &self,
+        id: ClientId,
+        text: &str,
+        ack: Option<u64>,
+        wakes: &mut Wakes,
+    ) -> Result<u64, NotInRoom> {
         let mut inner = self.lock();
-        let mut d = Delivery::default();
+        let mut d = Delivery::new(wakes);
         let room_name = inner.room_of(id).ok_or(NotInRoom)?;
         let limit = self.history_limit;
         let room = inner
@@ -305,9 +350,15 @@ impl Registry {
     }
 
     /// `typing`: tells the rest of the room.
-    pub fn typing(&self, id: ClientId, typing: bool, ack: Option<u64>) -> Result<(), NotInRoom> {
+    pub fn typing(
+        &self,
+        id: ClientId,
+        typing: bool,
+        ack: Option<u64>,
+        wakes: &mut Wakes,
+    ) -> Result<(), NotInRoom> {
         let inner = self.lock();
-        let mut d = Delivery::default();
+        let mut d = Delivery::new(wakes);
         let room_name = inner.room_of(id).ok_or(NotInRoom)?;
         let room = &inner.rooms[&room_name];
         let data = TypingData {
@@ -380,19 +431,16 @@ impl Registry {
     }
 
     /// Ends an operation: takes slow consumers out of their rooms (their
-    /// `userLeft` may find more), refreshes the rooms gauge, unlocks, and
-    /// only then wakes the mailboxes that the pushes asked for.
-    fn finish(&self, mut inner: MutexGuard<'_, Inner>, mut d: Delivery) {
+    /// `userLeft` may find more), queues the requester's ack, refreshes the
+    /// rooms gauge and unlocks. The mailboxes to wake are in the caller's
+    /// `Wakes`.
+    fn finish(&self, mut inner: MutexGuard<'_, Inner>, mut d: Delivery<'_>) {
         inner.evict(&mut d);
         if let Some((id, ack)) = d.ack.take() {
             inner.send_to(id, &ack, &mut d);
             inner.evict(&mut d);
         }
         self.metrics.set_rooms(inner.rooms.len());
-        drop(inner);
-        for mailbox in d.wake {
-            mailbox.wake();
-        }
     }
 
     /// Panics unless every client is in at most one room, each room's member
@@ -553,21 +601,27 @@ mod tests {
     #[test]
     fn join_switch_leave_keep_the_invariants() {
         let (registry, rx) = setup(3);
-        registry.join(ClientId(0), "a", "x", None);
-        registry.join(ClientId(1), "b", "x", Some(1));
-        registry.join(ClientId(2), "c", "y", None);
+        registry.join(ClientId(0), "a", "x", None, &mut Wakes::default());
+        registry.join(ClientId(1), "b", "x", Some(1), &mut Wakes::default());
+        registry.join(ClientId(2), "c", "y", None, &mut Wakes::default());
         registry.check_invariants();
         assert_eq!(events(&rx[1]), ["joined", "ack"]);
         assert_eq!(events(&rx[0]), ["joined", "userJoined"]);
-        registry.join(ClientId(1), "b", "y", None);
+        registry.join(ClientId(1), "b", "y", None, &mut Wakes::default());
         registry.check_invariants();
         assert_eq!(events(&rx[0]), ["userLeft"]);
-        assert_eq!(registry.leave(ClientId(0), None), Ok(()));
-        assert_eq!(registry.leave(ClientId(0), None), Err(NotInRoom));
+        assert_eq!(
+            registry.leave(ClientId(0), None, &mut Wakes::default()),
+            Ok(())
+        );
+        assert_eq!(
+            registry.leave(ClientId(0), None, &mut Wakes::default()),
+            Err(NotInRoom)
+        );
         registry.check_invariants();
         assert_eq!(registry.rooms(), [("y".to_owned(), 2)]);
-        registry.disconnect(ClientId(1));
-        registry.disconnect(ClientId(1));
+        registry.disconnect(ClientId(1), &mut Wakes::default());
+        registry.disconnect(ClientId(1), &mut Wakes::default());
         registry.check_invariants();
         assert_eq!(registry.rooms(), [("y".to_owned(), 1)]);
     }
@@ -575,10 +629,10 @@ mod tests {
     #[test]
     fn a_rename_in_place_is_told_as_left_then_joined() {
         let (registry, rx) = setup(2);
-        registry.join(ClientId(0), "a", "x", None);
-        registry.join(ClientId(1), "b", "x", None);
-        registry.join(ClientId(1), "b", "x", Some(5));
-        registry.join(ClientId(1), "bee", "x", None);
+        registry.join(ClientId(0), "a", "x", None, &mut Wakes::default());
+        registry.join(ClientId(1), "b", "x", None, &mut Wakes::default());
+        registry.join(ClientId(1), "b", "x", Some(5), &mut Wakes::default());
+        registry.join(ClientId(1), "bee", "x", None, &mut Wakes::default());
         assert_eq!(
             events(&rx[0]),
             ["joined", "userJoined", "userLeft", "userJoined"]
@@ -590,10 +644,17 @@ mod tests {
     #[test]
     fn seq_rises_by_one_and_history_is_bounded() {
         let (registry, _rx) = setup(1);
-        assert_eq!(registry.chat(ClientId(0), "hi", None), Err(NotInRoom));
-        registry.join(ClientId(0), "a", "x", None);
+        assert_eq!(
+            registry.chat(ClientId(0), "hi", None, &mut Wakes::default()),
+            Err(NotInRoom)
+        );
+        registry.join(ClientId(0), "a", "x", None, &mut Wakes::default());
         let seqs: Vec<_> = (0..4)
-            .map(|_| registry.chat(ClientId(0), "hi", None).unwrap())
+            .map(|_| {
+                registry
+                    .chat(ClientId(0), "hi", None, &mut Wakes::default())
+                    .unwrap()
+            })
             .collect();
         assert_eq!(seqs, [1, 2, 3, 4]);
         let inner = registry.lock();

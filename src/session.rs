@@ -14,7 +14,7 @@ use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{
     self, ClientEvent, ConnectedData, Envelope, ErrorCode, EventName, Limits, Rejection,
 };
-use crate::rooms::{ClientId, Mailbox};
+use crate::rooms::{ClientId, Mailbox, Wakes};
 use crate::shared::{Admission, Shared};
 
 /// What the connection does after a message.
@@ -30,6 +30,9 @@ pub(crate) struct Session {
     outbox: Arc<Outbox>,
     shared: Arc<Shared>,
     bucket: Option<TokenBucket>,
+    /// What the requests handled since the last `flush` queued and left
+    /// to wake.
+    wakes: Wakes,
 }
 
 impl Session {
@@ -44,6 +47,7 @@ impl Session {
             outbox,
             shared,
             bucket,
+            wakes: Wakes::default(),
         }
     }
 
@@ -61,7 +65,13 @@ impl Session {
         Outgoing::new("connected", &data, None)
     }
 
-    /// Acts on one decoded message.
+    /// Wakes whatever the requests handled so far queued for: their writes
+    /// happen now. Call with no lock held, after each message or batch.
+    pub(crate) fn flush(&mut self) {
+        self.wakes.wake_all();
+    }
+
+    /// Acts on one decoded message. What it queues is written on `flush`.
     pub(crate) fn handle(&mut self, inbound: Inbound) -> Flow {
         match inbound {
             Inbound::Request(request) => {
@@ -73,10 +83,11 @@ impl Session {
                     Err(rejection) => self.reject(rejection),
                 }
             }
-            Inbound::Reply(packet) => self.outbox.control(Outbound::Packet(packet.into())),
+            Inbound::Reply(packet) => self.queue(Outbound::Packet(packet.into())),
             Inbound::Connect(packet) => {
-                self.outbox.control(Outbound::Packet(packet.into()));
-                self.outbox.push_now(&self.connected());
+                self.queue(Outbound::Packet(packet.into()));
+                let connected = self.connected();
+                self.queue(Outbound::Event(connected));
             }
             Inbound::Close => return Flow::End,
             Inbound::Ignore => {}
@@ -116,19 +127,19 @@ impl Session {
             }
             Err(rejection) => return self.reject(rejection.with_ack(ack)),
         };
-        let registry = &self.shared.registry;
+        let (registry, wakes) = (&self.shared.registry, &mut self.wakes);
         let done = match request {
             ClientEvent::JoinRoom { username, room } => {
-                registry.join(self.id, &username, &room, ack);
+                registry.join(self.id, &username, &room, ack, wakes);
                 info!("client {} joined {room:?} as {username:?}", self.id);
                 Ok(())
             }
             ClientEvent::ChatMessage { text } => {
                 debug!("client {} says {text:?}", self.id);
-                registry.chat(self.id, &text, ack).map(drop)
+                registry.chat(self.id, &text, ack, wakes).map(drop)
             }
-            ClientEvent::Typing { typing } => registry.typing(self.id, typing, ack),
-            ClientEvent::LeaveRoom => registry.leave(self.id, ack),
+            ClientEvent::Typing { typing } => registry.typing(self.id, typing, ack, wakes),
+            ClientEvent::LeaveRoom => registry.leave(self.id, ack, wakes),
         };
         if done.is_err() {
             self.reject(not_in_room());
@@ -136,12 +147,20 @@ impl Session {
     }
 
     /// Answers a bad request with an `error` event.
-    pub(crate) fn reject(&self, rejection: Rejection) {
+    fn reject(&mut self, rejection: Rejection) {
         let (code, message) = (rejection.code.as_str(), &rejection.message);
         debug!("client {}: {code} ({message})", self.id);
         self.shared.metrics.error_sent(rejection.code);
         let error = Outgoing::new("error", &rejection.data(), rejection.ack);
-        self.outbox.push_now(&error);
+        self.queue(Outbound::Event(error));
+    }
+
+    /// Queues something for this client alone, written on `flush`.
+    fn queue(&mut self, item: Outbound) {
+        if self.outbox.enqueue_for_wake(item) {
+            let mailbox: Arc<dyn Mailbox> = self.outbox.clone();
+            self.wakes.add(&mailbox);
+        }
     }
 }
 
@@ -206,7 +225,9 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.shared.registry.disconnect(self.id);
+        let mut wakes = Wakes::default();
+        self.shared.registry.disconnect(self.id, &mut wakes);
+        wakes.wake_all();
         info!("client {} disconnected", self.id);
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use roomchat::fuzzing::{ClientId, Metrics, Overflow, Registry};
+use roomchat::fuzzing::{ClientId, Metrics, Overflow, Registry, Wakes};
 use roomchat::{Mailbox, Outgoing};
 use serde_json::Value;
 
@@ -118,7 +118,7 @@ impl World {
                 let s = c as usize % SLOTS;
                 let (name, room) = (NAMES[name as usize % 2], ROOMS[room as usize % 4]);
                 let ack = self.ack();
-                self.registry.join(self.slots[s].id, name, room, Some(ack));
+                self.registry.join(self.slots[s].id, name, room, Some(ack), &mut Wakes::default());
                 if self.slots[s].connected {
                     let same = self.slots[s]
                         .member
@@ -134,7 +134,7 @@ impl World {
             Op::Chat { c } => {
                 let s = c as usize % SLOTS;
                 let ack = self.ack();
-                let got = self.registry.chat(self.slots[s].id, "hi", Some(ack));
+                let got = self.registry.chat(self.slots[s].id, "hi", Some(ack), &mut Wakes::default());
                 match (&self.slots[s].member, got) {
                     (Some((room, _)), Ok(seq)) => {
                         let last = &mut self.rooms.get_mut(room).unwrap().1;
@@ -148,21 +148,21 @@ impl World {
             Op::Typing { c, typing } => {
                 let s = c as usize % SLOTS;
                 let ack = self.ack();
-                let got = self.registry.typing(self.slots[s].id, typing, Some(ack));
+                let got = self.registry.typing(self.slots[s].id, typing, Some(ack), &mut Wakes::default());
                 assert_eq!(got.is_ok(), self.slots[s].member.is_some());
             }
             Op::Leave { c } => {
                 let s = c as usize % SLOTS;
                 let ack = self.ack();
-                let got = self.registry.leave(self.slots[s].id, Some(ack));
+                let got = self.registry.leave(self.slots[s].id, Some(ack), &mut Wakes::default());
                 assert_eq!(got.is_ok(), self.slots[s].member.is_some());
                 self.leave_model(s);
             }
             Op::Disconnect { c } => {
                 let s = c as usize % SLOTS;
                 // Twice: a reader and a shutdown may both disconnect a client.
-                self.registry.disconnect(self.slots[s].id);
-                self.registry.disconnect(self.slots[s].id);
+                self.registry.disconnect(self.slots[s].id, &mut Wakes::default());
+                self.registry.disconnect(self.slots[s].id, &mut Wakes::default());
                 self.leave_model(s);
                 self.slots[s].connected = false;
                 self.slots[s].stay = None;
@@ -248,7 +248,7 @@ fuzz_target!(|ops: Vec<Op>| {
         world.step(op);
     }
     for s in 0..SLOTS {
-        world.registry.disconnect(world.slots[s].id);
+        world.registry.disconnect(world.slots[s].id, &mut Wakes::default());
     }
     assert!(world.registry.rooms().is_empty());
     assert!(world.registry.wait_empty(std::time::Duration::ZERO));
