@@ -15,9 +15,12 @@ export const servers = new Set();
 // Last resort if the runner dies between tests: never leave a server behind.
 process.on('exit', () => { for (const s of servers) s.child.kill('SIGKILL'); });
 
-/** Starts roomchat; resolves once its startup line names the bound ports. */
-export async function startServer({ httpPort = 0, wsPort = 0, args = [] } = {}) {
-  const argv = ['--host', '127.0.0.1', '--http-port', String(httpPort), '--ws-port', String(wsPort), '--www', WWW, ...args];
+/**
+ * Starts roomchat; resolves once its startup line names the bound ports.
+ * `www`: the folder it serves pages from (default: the repository's www/).
+ */
+export async function startServer({ httpPort = 0, wsPort = 0, args = [], www = WWW } = {}) {
+  const argv = ['--host', '127.0.0.1', '--http-port', String(httpPort), '--ws-port', String(wsPort), '--www', www, ...args];
   const child = spawn(BIN, argv, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
