@@ -4,101 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::Process;
 use common::Client;
-
-/// A `roomchat` child process, killed on drop if still running.
-struct Process {
-    child: Child,
-    http: u16,
-    ws: u16,
-    line: String,
-}
-
-impl Process {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Process {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_roomchat"));
-        command
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .env("RUST_LOG", "warn");
-        for var in [
-            "CHAT_HOST",
-            "CHAT_HTTP_PORT",
-            "CHAT_WS_PORT",
-            "CHAT_RATE_LIMIT",
-            "CHAT_HISTORY",
-        ] {
-            command.env_remove(var);
-        }
-        command.envs(env.iter().copied());
-        let mut child = command.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port_after = |scheme: &str| -> u16 {
-            let rest = &line[line
-                .find(scheme)
-                .unwrap_or_else(|| panic!("{scheme} in {line:?}"))
-                + scheme.len()..];
-            let port = rest.split(':').nth(1).unwrap();
-            port.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .unwrap()
-        };
-        let (http, ws) = (port_after("http://"), port_after("ws://"));
-        Process {
-            child,
-            http,
-            ws,
-            line,
-        }
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.pid()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the exit, at most `limit`; returns the exit code.
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20)); // polling a child's exit; no event to wait on
-        }
-        panic!("roomchat did not exit within {limit:?}");
-    }
-
-    fn status_field(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn prints_one_line_with_both_urls_and_nothing_else() {

@@ -3,6 +3,8 @@
 //! protocol, and raw HTTP for the cases a client library would refuse to send.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
