@@ -20,7 +20,7 @@ use crate::connection::{self, Link};
 use crate::http::Desk;
 use crate::httpconn::{answer, header, plain, Answer, Body, Conn, Head, HeadError};
 use crate::polling::Polling;
-use crate::shared::Shared;
+use crate::shared::{Admission, Shared};
 
 /// Stack for a connection's thread, which reads and parses its frames.
 /// Only the pages touched count in RSS; serde_json may recurse 128 levels
@@ -73,10 +73,13 @@ pub(crate) fn run(listener: TcpListener, port: Port, front: Arc<Front>) {
             .stack_size(READER_STACK)
             .spawn(move || {
                 let _slot = slot;
-                // A WebSocket client is read from the top of this thread:
-                // see `connection::open`.
-                if let Some((client, ws)) = serve(socket, accepted, port, &front) {
-                    connection::run(client, ws);
+                // A connection that becomes a WebSocket is set up and then
+                // read from the top of this thread: every page of stack it
+                // touches stays resident for the life of the connection.
+                if let Some(upgrade) = serve(socket, accepted, port, &front) {
+                    if let Some((client, ws)) = upgrade.link(&front) {
+                        connection::run(client, ws);
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -119,7 +122,7 @@ impl Throttle {
 /// Each head must be complete by its deadline: `accepted` plus the
 /// handshake timeout for the first, the end of the previous answer plus
 /// that timeout for the next.
-fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) -> Option<Link> {
+fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) -> Option<Upgrade> {
     let shared = &front.shared;
     let timeout = shared.config.handshake_timeout;
     let mut conn = Conn::new(socket);
@@ -132,6 +135,11 @@ fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) -
                 return None;
             }
         };
+        if head.body() == Body::Invalid {
+            let refusal = Refusal::text(400, "a Content-Length that cannot be read");
+            refusal.send(&mut conn, answer_deadline(shared));
+            return None;
+        }
         let origins = &shared.handshake_origins;
         let keep_going = match route(&head, port, origins) {
             Route::Upgrade {
@@ -161,6 +169,7 @@ pub(crate) fn answer_deadline(shared: &Shared) -> Instant {
 
 /// A head that could not be read gets the status that says why, where the
 /// peer may still be listening, and the connection ends.
+#[inline(never)]
 fn refuse_head(conn: &mut Conn, error: HeadError, deadline: Instant) {
     let refusal = match error {
         HeadError::TooLarge => Refusal::text(431, "request head too large"),
@@ -178,10 +187,11 @@ fn refuse_head(conn: &mut Conn, error: HeadError, deadline: Instant) {
 
 /// A request for the answering thread. A body we do not read ends the
 /// connection after the answer: its bytes are never read as a request.
+#[inline(never)]
 fn page(conn: &mut Conn, head: Head, front: &Front) -> bool {
     let shared = &front.shared;
     let keep = head.keep_alive() && head.body() == Body::None && !shared.stopping();
-    let (version, head_only) = (head.version(), head.method == "HEAD");
+    let (version, head_only) = (head.version(), head.method() == "HEAD");
     let answer = front
         .desk
         .ask(head)
@@ -194,8 +204,51 @@ fn page(conn: &mut Conn, head: Head, front: &Front) -> bool {
     true
 }
 
-/// A handshake that passed its checks: a new client, or (with `sid`) a
-/// long-polling client moving to WebSocket.
+/// A connection becoming a WebSocket.
+pub(crate) enum Upgrade {
+    /// A new client, admitted and answered `101`.
+    Client {
+        conn: Conn,
+        encoding: Encoding,
+        admission: Admission,
+    },
+    /// A WebSocket that would take long-polling session `sid` over.
+    Takeover {
+        conn: Conn,
+        sid: String,
+        accept_key: String,
+        deadline: Instant,
+    },
+}
+
+impl Upgrade {
+    /// The client and its WebSocket, ready to be read.
+    fn link(self, front: &Front) -> Option<Link> {
+        match self {
+            Upgrade::Client {
+                conn,
+                encoding,
+                admission,
+            } => connection::open(
+                conn.socket,
+                conn.pending,
+                encoding,
+                admission,
+                &front.shared,
+            ),
+            Upgrade::Takeover {
+                conn,
+                sid,
+                accept_key,
+                deadline,
+            } => front.polling.upgrade(conn, &sid, &accept_key, deadline),
+        }
+    }
+}
+
+/// A handshake that passed its checks: a new client (admitted, and answered
+/// `101`), or (with `sid`) a long-polling client moving to WebSocket.
+#[inline(never)]
 fn upgrade(
     mut conn: Conn,
     encoding: Encoding,
@@ -203,10 +256,16 @@ fn upgrade(
     sid: Option<String>,
     deadline: Instant,
     front: &Front,
-) -> Option<Link> {
+) -> Option<Upgrade> {
     let shared = &front.shared;
     if let Some(sid) = sid {
-        return front.polling.upgrade(conn, &sid, accept_key, deadline);
+        let accept_key = accept_key.to_owned();
+        return Some(Upgrade::Takeover {
+            conn,
+            sid,
+            accept_key,
+            deadline,
+        });
     }
     if shared.stopping() {
         let refusal = Refusal::text(503, "server is shutting down");
@@ -222,7 +281,11 @@ fn upgrade(
         debug!("handshake answer failed: {e}");
         return None;
     }
-    connection::open(conn.socket, conn.pending, encoding, admission, shared)
+    Some(Upgrade::Client {
+        conn,
+        encoding,
+        admission,
+    })
 }
 
 /// Writes the 101 answer that makes the connection a WebSocket.
@@ -263,6 +326,7 @@ enum Route {
 /// Decides where a complete request head goes, checking a handshake in
 /// order: path, Socket.IO parameters, upgrade headers, Origin, WebSocket
 /// version and key.
+#[inline(never)]
 fn route(head: &Head, port: Port, origins: &Origins) -> Route {
     let path = head.path();
     let encoding = match (path, port) {
@@ -298,7 +362,12 @@ fn route(head: &Head, port: Port, origins: &Origins) -> Route {
         Some(key) if valid_key(key) => Route::Upgrade {
             encoding,
             accept_key: derive_accept_key(key.as_bytes()),
-            sid: head.param("sid").map(str::to_owned),
+            // A query on `/ws` is ignored; on `/socket.io/` a `sid` names the
+            // long-polling session to take over.
+            sid: match encoding {
+                Encoding::EngineIo => head.param("sid").map(str::to_owned),
+                Encoding::Native => None,
+            },
         },
         _ => Route::Refuse(Refusal::text(400, "missing or malformed Sec-WebSocket-Key")),
     }
@@ -317,12 +386,12 @@ enum Transport {
 /// knows no polling session.
 fn engine_io_transport(head: &Head, port: Port) -> Result<Transport, Refusal> {
     match (head.param("transport"), port) {
-        (_, Port::Http) if head.method == "OPTIONS" => return Ok(Transport::Preflight),
+        (_, Port::Http) if head.method() == "OPTIONS" => return Ok(Transport::Preflight),
         (Some("polling"), Port::Http) => return Ok(Transport::Polling),
         (Some("websocket"), _) => {}
         _ => return Err(Refusal::engine_io(0, "Transport unknown")),
     }
-    if head.method != "GET" {
+    if head.method() != "GET" {
         return Err(Refusal::engine_io(2, "Bad handshake method"));
     }
     if !head.is_upgrade() {
@@ -393,6 +462,7 @@ impl Refusal {
     }
 
     /// Writes the refusal and ends the connection.
+    #[inline(never)]
     pub(crate) fn send(self, conn: &mut Conn, deadline: Instant) {
         use std::fmt::Write as _;
         let status = tiny_http::StatusCode(self.status);

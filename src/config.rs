@@ -140,6 +140,15 @@ impl Config {
         }
     }
 
+    /// Engine.IO's `pingTimeout`: how long after a ping a client may take
+    /// to answer. The idle timeout less the ping interval, so that a client
+    /// and the server give up at the same moment, but at least a second.
+    pub(crate) fn ping_timeout(&self) -> Duration {
+        self.idle_timeout
+            .saturating_sub(self.ping_interval)
+            .max(Duration::from_secs(1))
+    }
+
     /// The origins allowed for CORS once the HTTP port is known: the
     /// configured list, or the page's own origins on that port.
     pub(crate) fn origins_for(&self, http_port: u16) -> Vec<String> {

@@ -16,6 +16,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::codec::{engineio, frame, Encoding};
 use crate::outbox::{Outbound, Outbox};
+use crate::rooms::Mailbox;
 use crate::session::{Client, Flow};
 use crate::shared::{Admission, Shared};
 
@@ -53,18 +54,22 @@ pub(crate) fn open(
         return None;
     };
     let config = &shared.config;
+    // Queued only: the first thing `run` does is write it, from the top of
+    // the thread's stack.
     match encoding {
-        Encoding::Native => client.outbox.push_now(&client.session.connected()),
+        Encoding::Native => client
+            .outbox
+            .queue(Outbound::Event(client.session.connected())),
         // Socket.IO sends `connected` once the client joins the main namespace.
         Encoding::EngineIo => {
             let open = engineio::open_packet(
                 &engineio::new_sid(),
                 &[],
                 config.ping_interval,
-                config.idle_timeout,
+                config.ping_timeout(),
                 config.max_message_bytes,
             );
-            client.outbox.control(Outbound::Packet(open.into()));
+            client.outbox.queue(Outbound::Packet(open.into()));
         }
     }
     let ws = websocket(socket, leftover, Some(Arc::clone(&client.outbox)), shared);
@@ -102,16 +107,26 @@ pub(crate) fn websocket(
 }
 
 /// The one read loop: frames in, decoded by the client's codec, handled by
-/// its session, until the connection ends; then the client goes.
+/// its session, until the connection ends; then the client goes. (Never
+/// inlined: its frame is not to sit under the handshake's.)
+#[inline(never)]
+#[allow(clippy::boxed_local)] // boxed to keep it out of the thread's long-lived frames
 pub(crate) fn run(mut client: Box<Client>, mut ws: Socket) {
+    client.outbox.wake(); // what `open` (or an upgrade) left queued
     let close = loop {
         let message = match next_message(&mut ws, client.id()) {
             Ok(message) => message,
             Err(End(close)) => break close,
         };
-        let inbound = match message {
-            Message::Text(text) => client.codec.decode(&text),
-            Message::Binary(_) => client.codec.decode_binary(),
+        let flow = match message {
+            Message::Text(text) => {
+                let inbound = client.codec.decode(&text);
+                client.session.handle(inbound)
+            }
+            Message::Binary(_) => {
+                let inbound = client.codec.decode_binary();
+                client.session.handle(inbound)
+            }
             Message::Close(_) => {
                 // Pushes tungstenite's Close reply into the queue.
                 let _ = ws.flush();
@@ -119,7 +134,6 @@ pub(crate) fn run(mut client: Box<Client>, mut ws: Socket) {
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
-        let flow = client.session.handle(inbound);
         // The writes the message caused happen here, at the top of this
         // thread's stack, with no lock held.
         client.session.flush();
@@ -128,9 +142,9 @@ pub(crate) fn run(mut client: Box<Client>, mut ws: Socket) {
             break Some((1000, "client disconnected"));
         }
     };
-    // The room hears `userLeft` and the place frees before the peer reads
-    // our Close: by then the server has forgotten the client.
-    drop(client);
+    // The room hears `userLeft` before the peer reads our Close: by then the
+    // server has forgotten the client. Its place frees with its writer.
+    let admission = (*client).leave();
     let stream = ws.get_mut();
     match close {
         Some((code, reason)) => stream.close(code, reason),
@@ -147,6 +161,7 @@ pub(crate) fn run(mut client: Box<Client>, mut ws: Socket) {
         outbox.wait_for_writer(stream.idle_timeout);
     }
     let _ = stream.socket.shutdown(Shutdown::Both);
+    drop(admission);
 }
 
 /// Why a connection ends: with a Close of ours (code, reason), or without

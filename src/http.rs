@@ -119,8 +119,8 @@ pub(crate) fn run(jobs: Receiver<Option<Job>>, site: Site) {
         let answer = respond(&job.head, &site);
         debug!(
             "{} {} -> {}",
-            job.head.method,
-            job.head.target,
+            job.head.method(),
+            job.head.target(),
             answer.status_code().0
         );
         let _ = job.reply.send(answer);
@@ -170,7 +170,7 @@ impl Route {
 fn respond(head: &Head, site: &Site) -> Answer {
     let path = head.path();
     let origin = head.header("Origin").filter(|o| site.origins.allows(o));
-    let mut answer = match head.method.as_str() {
+    let mut answer = match head.method() {
         "GET" | "HEAD" => match Route::find(path, &site.assets) {
             Some(route) => serve(route, head, site),
             None => plain(404, "not found"),

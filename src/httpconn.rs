@@ -6,6 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,16 +24,18 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// An answer: a tiny_http response over any body.
 pub(crate) type Answer = Response<Box<dyn Read + Send>>;
 
-/// A parsed request head.
+/// A parsed request head: its bytes, and where each part lies in them (one
+/// allocation for the whole head, not two for every header).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Head {
-    pub(crate) method: String,
+    bytes: Vec<u8>,
+    method: Range<usize>,
     /// The request target as sent.
-    pub(crate) target: String,
+    target: Range<usize>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub(crate) minor: u8,
-    /// Names as sent, values as sent (lossy UTF-8).
-    pub(crate) headers: Vec<(String, String)>,
+    /// Names and values (trimmed) as sent.
+    headers: Vec<(Range<usize>, Range<usize>)>,
 }
 
 /// Why a request head could not be had.
@@ -56,8 +59,12 @@ pub(crate) enum HeadError {
 pub(crate) enum Body {
     None,
     Length(u64),
-    /// A chunked body, or a length we cannot read.
+    /// A chunked body: we read none.
     Unknown,
+    /// `Content-Length` given twice with two values, or not a plain number:
+    /// where the body ends is not known, so the request is refused (a
+    /// proxy that read it otherwise would mix up requests, RFC 9112 §6.3).
+    Invalid,
 }
 
 impl Head {
@@ -82,45 +89,69 @@ impl Head {
         else {
             return Err(HeadError::Malformed);
         };
+        // httparse hands back slices of `bytes`: where they start in it.
+        let base = bytes.as_ptr() as usize;
+        let range = |part: &[u8]| {
+            let start = part.as_ptr() as usize - base;
+            start..start + part.len()
+        };
+        let trimmed = |value: &[u8]| {
+            let start = value.iter().position(|b| !b.is_ascii_whitespace());
+            let end = value.iter().rposition(|b| !b.is_ascii_whitespace());
+            match (start, end) {
+                (Some(s), Some(e)) => range(&value[s..=e]),
+                _ => range(&value[..0]),
+            }
+        };
         Ok(Head {
-            method: method.to_owned(),
-            target: target.to_owned(),
+            method: range(method.as_bytes()),
+            target: range(target.as_bytes()),
             minor,
             headers: request
                 .headers
                 .iter()
-                .map(|h| {
-                    let value = String::from_utf8_lossy(h.value);
-                    (h.name.to_owned(), value.trim().to_owned())
-                })
+                .map(|h| (range(h.name.as_bytes()), trimmed(h.value)))
                 .collect(),
+            bytes: bytes.to_vec(),
         })
+    }
+
+    /// A part of the head as text ("" if it is not UTF-8).
+    fn text(&self, range: &Range<usize>) -> &str {
+        std::str::from_utf8(&self.bytes[range.clone()]).unwrap_or("")
+    }
+
+    pub(crate) fn method(&self) -> &str {
+        self.text(&self.method)
+    }
+
+    /// The request target as sent.
+    pub(crate) fn target(&self) -> &str {
+        self.text(&self.target)
     }
 
     /// The first value of header `name` (case-insensitive).
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .find(|(n, _)| self.text(n).eq_ignore_ascii_case(name))
+            .map(|(_, v)| self.text(v))
     }
 
     /// Whether header `name` lists `token` (comma-separated, case-insensitive).
     pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
         self.headers
             .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| v.split(','))
+            .filter(|(n, _)| self.text(n).eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| self.text(v).split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 
     /// The path: the query dropped, and the scheme and authority of an
     /// absolute-form target (`GET http://host/x`) too.
     pub(crate) fn path(&self) -> &str {
-        let target = self
-            .target
-            .split_once('?')
-            .map_or(&*self.target, |(p, _)| p);
+        let target = self.target();
+        let target = target.split_once('?').map_or(target, |(p, _)| p);
         match target.split_once("://") {
             Some((scheme, rest)) if !scheme.contains('/') => {
                 rest.find('/').map_or("/", |i| &rest[i..])
@@ -131,7 +162,7 @@ impl Head {
 
     /// The value of query parameter `key`, as sent (no decoding).
     pub(crate) fn param(&self, key: &str) -> Option<&str> {
-        let (_, query) = self.target.split_once('?')?;
+        let (_, query) = self.target().split_once('?')?;
         query
             .split('&')
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
@@ -139,7 +170,7 @@ impl Head {
 
     /// An upgrade to WebSocket, as RFC 6455 asks for one.
     pub(crate) fn is_upgrade(&self) -> bool {
-        self.method == "GET"
+        self.method() == "GET"
             && self.has_token("Upgrade", "websocket")
             && self.has_token("Connection", "upgrade")
     }
@@ -150,16 +181,24 @@ impl Head {
     }
 
     pub(crate) fn body(&self) -> Body {
+        let lengths: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| self.text(n).eq_ignore_ascii_case("Content-Length"))
+            .flat_map(|(_, v)| self.text(v).split(','))
+            .map(str::trim)
+            .collect();
+        let plain = |len: &&str| !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit());
+        if !lengths.iter().all(plain) || lengths.windows(2).any(|w| w[0] != w[1]) {
+            return Body::Invalid;
+        }
         if self.header("Transfer-Encoding").is_some() {
             return Body::Unknown;
         }
-        match self.header("Content-Length") {
-            None => Body::None,
-            Some(len) => match len.parse::<u64>() {
-                Ok(0) => Body::None,
-                Ok(n) => Body::Length(n),
-                Err(_) => Body::Unknown,
-            },
+        match lengths.first().map(|len| len.parse::<u64>()) {
+            None | Some(Ok(0)) => Body::None,
+            Some(Ok(n)) => Body::Length(n),
+            Some(Err(_)) => Body::Invalid,
         }
     }
 
@@ -187,6 +226,7 @@ impl Conn {
 
     /// Reads up to the end of a request head, within `MAX_HEAD_BYTES` and
     /// before `deadline`.
+    #[inline(never)]
     pub(crate) fn read_head(&mut self, deadline: Instant) -> Result<Head, HeadError> {
         let mut searched = 0;
         loop {
@@ -370,10 +410,7 @@ mod tests {
     #[test]
     fn heads_parse_into_method_path_query_and_headers() {
         let h = head("GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n\r\n");
-        assert_eq!(
-            (h.method.as_str(), h.path(), h.minor),
-            ("GET", "/socket.io/", 1)
-        );
+        assert_eq!((h.method(), h.path(), h.minor), ("GET", "/socket.io/", 1));
         assert_eq!(h.param("transport"), Some("polling"));
         assert_eq!(h.param("EIO"), Some("4"));
         assert_eq!(h.param("sid"), None);
@@ -401,10 +438,16 @@ mod tests {
         );
         assert_eq!(
             head("POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").body(),
-            Body::Unknown
+            Body::Invalid
         );
         let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
         assert_eq!(head(chunked).body(), Body::Unknown);
+        let twice = "POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 39\r\n\r\n";
+        assert_eq!(head(twice).body(), Body::Invalid);
+        let same = "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(head(same).body(), Body::Length(5));
+        let signed = "POST / HTTP/1.1\r\nContent-Length: +2\r\n\r\n";
+        assert_eq!(head(signed).body(), Body::Invalid);
     }
 
     #[test]

@@ -17,14 +17,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Counts a new connection unless `max` are open already.
-    pub(crate) fn try_admit(&self, max: usize) -> bool {
-        self.connections
-            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
-            .is_ok()
+    /// A client connected.
+    pub(crate) fn client_connected(&self) {
+        self.connections.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn release(&self) {
+    /// A client went.
+    pub(crate) fn client_gone(&self) {
         self.connections.fetch_sub(1, Relaxed);
     }
 
@@ -123,14 +122,5 @@ mod tests {
                 "{name} missing from\n{text}"
             );
         }
-    }
-
-    #[test]
-    fn admission_stops_at_the_limit() {
-        let m = Metrics::default();
-        assert!(m.try_admit(2) && m.try_admit(2));
-        assert!(!m.try_admit(2));
-        m.release();
-        assert!(m.try_admit(2));
     }
 }

@@ -133,6 +133,7 @@ struct Queue {
 impl Outbox {
     /// A queue for the client on `socket` (none for a long-polling client),
     /// written in `encoding`.
+    #[inline(never)]
     pub(crate) fn new(
         socket: Option<Arc<TcpStream>>,
         encoding: Encoding,
@@ -161,13 +162,6 @@ impl Outbox {
         }
     }
 
-    /// Queues an event for this client alone and wakes the writer (for
-    /// callers holding no lock). A slow consumer is already being cut off.
-    pub(crate) fn push_now(&self, event: &Arc<Outgoing>) {
-        let _ = self.push(event);
-        self.wake();
-    }
-
     /// Queues a transport message (a Pong, a ping, an Engine.IO packet, a
     /// Close) and wakes the writer; for callers holding no lock.
     pub(crate) fn control(&self, item: Outbound) {
@@ -180,6 +174,11 @@ impl Outbox {
     /// no lock (`Mailbox::wake`).
     pub(crate) fn enqueue_for_wake(&self, item: Outbound) -> bool {
         self.enqueue(item).unwrap_or(true)
+    }
+
+    /// Queues `item` to be written on the next `wake`.
+    pub(crate) fn queue(&self, item: Outbound) {
+        let _ = self.enqueue(item);
     }
 
     /// Whether the queue went past its bounds (the client is being cut off).
@@ -197,13 +196,15 @@ impl Outbox {
             if q.overflowed.load(Relaxed) {
                 return Err(Overflow);
             }
-            let weight = item.weight();
+            // One item counts for half the byte bound at most: a `joined`
+            // for a big room (users and history can pass 1 MiB) is not a
+            // sign of a slow reader, and still leaves room for the answers
+            // that follow it. Items are bounded in size (the message size
+            // limit, the room), so the queue is still bounded.
+            let weight = item.weight().min(MAX_QUEUED_BYTES / 2);
             let frames = q.frames.fetch_add(1, Relaxed) + 1;
             let bytes = q.bytes.fetch_add(weight, Relaxed) + weight;
-            // One item gets into an empty queue whatever its size: a
-            // `joined` for a big room is not a sign of a slow reader.
-            let over = frames > MAX_QUEUED_FRAMES || bytes > MAX_QUEUED_BYTES;
-            if over && frames > 1 {
+            if frames > MAX_QUEUED_FRAMES || bytes > MAX_QUEUED_BYTES {
                 q.frames.fetch_sub(1, Relaxed);
                 q.bytes.fetch_sub(weight, Relaxed);
                 if !q.overflowed.swap(true, Relaxed) {
@@ -257,11 +258,12 @@ impl Outbox {
     }
 
     /// A long-polling client moved to a WebSocket: from now on the queue is
-    /// written to `socket`, starting with what is queued now.
+    /// written to `socket`, starting with what is queued now, on the next
+    /// `wake`.
     pub(crate) fn attach(&self, socket: Arc<TcpStream>) {
         let q = &self.queue;
         if q.socket.set(socket).is_ok() && !q.writer.swap(true, SeqCst) {
-            self.write_now();
+            q.start_pending.store(true, SeqCst);
         }
     }
 
@@ -505,7 +507,8 @@ impl Queue {
     /// Takes items off the queue's bounds: a writer has them now.
     fn release(&self, items: &[Outbound]) {
         let counted = items.iter().filter(|i| !matches!(i, Outbound::Close(_)));
-        let (frames, bytes) = counted.fold((0, 0), |(n, b), i| (n + 1, b + i.weight()));
+        let weight = |i: &Outbound| i.weight().min(MAX_QUEUED_BYTES / 2);
+        let (frames, bytes) = counted.fold((0, 0), |(n, b), i| (n + 1, b + weight(i)));
         self.frames.fetch_sub(frames, Relaxed);
         self.bytes.fetch_sub(bytes, Relaxed);
     }

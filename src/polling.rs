@@ -24,7 +24,6 @@
 //! cannot be decoded gets an `error` event and the session goes on.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -109,11 +108,16 @@ impl Polling {
         Some(poll)
     }
 
+    /// Silent past the ping interval plus the ping timeout: the client
+    /// missed a ping and the time it had to answer it.
     fn silent(&self, state: &State) -> bool {
-        state.client.is_some() && state.heard.elapsed() >= self.shared.config.idle_timeout
+        let config = &self.shared.config;
+        let limit = config.ping_interval + config.ping_timeout();
+        state.client.is_some() && state.heard.elapsed() >= limit
     }
 
     /// A long-polling request on `conn`. False when the connection ends.
+    #[inline(never)]
     pub(crate) fn serve(&self, conn: &mut Conn, head: &Head) -> bool {
         let shared = &self.shared;
         let origin = head.header("Origin");
@@ -128,7 +132,10 @@ impl Polling {
             answer.add_header(header("Access-Control-Allow-Origin", origin));
             answer.add_header(header("Access-Control-Allow-Credentials", "true"));
         }
-        let keep = keep && head.keep_alive() && !shared.stopping();
+        // A body on anything but a POST we read is not read: it ends the
+        // connection, so that it is never taken for the next request.
+        let body_read = head.body() == Body::None || head.method() == "POST";
+        let keep = keep && body_read && head.keep_alive() && !shared.stopping();
         let sent = conn.send(answer, head.version(), false, answer_deadline(shared));
         if sent.is_err() || !keep {
             conn.close();
@@ -146,7 +153,7 @@ impl Polling {
             }
         }
         let Some(sid) = head.param("sid") else {
-            if head.method != "GET" {
+            if head.method() != "GET" {
                 return Err(Refusal::engine_io(2, "Bad handshake method"));
             }
             if head.param("EIO") != Some("4") {
@@ -161,7 +168,7 @@ impl Polling {
             // The session lives on, over its WebSocket.
             return Err(Refusal::engine_io(3, "Bad request"));
         }
-        match head.method.as_str() {
+        match head.method() {
             "GET" => Ok((self.poll(&poll), true)),
             "POST" => Ok(self.post(conn, head, &poll)),
             _ => Err(Refusal::engine_io(2, "Bad handshake method")),
@@ -186,7 +193,7 @@ impl Polling {
             &sid,
             &["websocket"],
             config.ping_interval,
-            config.idle_timeout,
+            config.ping_timeout(),
             config.max_message_bytes,
         );
         let now = Instant::now();
@@ -254,12 +261,14 @@ impl Polling {
                 self.end(poll, "a payload over the size limit", Release::Close);
                 return (answer(413, "text/plain; charset=utf-8", Vec::new()), false);
             }
-            Body::Unknown => return (plain(411, "a Content-Length is required"), false),
+            Body::Unknown | Body::Invalid => {
+                return (plain(411, "a Content-Length is required"), false)
+            }
         };
-        if head.has_token("Expect", "100-continue") {
-            let _ = (&*conn.socket).write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
-        }
         let deadline = Instant::now() + self.shared.config.handshake_timeout;
+        if head.has_token("Expect", "100-continue") {
+            let _ = conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n", deadline);
+        }
         let Ok(body) = conn.read_body(len, deadline) else {
             return (plain(408, "the body did not arrive in time"), false);
         };
@@ -297,6 +306,7 @@ impl Polling {
     /// client's `5` hands it the queue and returns the client, for this
     /// thread to read (`connection::run`). A probe that fails leaves the
     /// session polling.
+    #[inline(never)]
     pub(crate) fn upgrade(
         &self,
         mut conn: Conn,

@@ -14,11 +14,11 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
-
 use crate::codec::{to_raw, Outgoing};
 use crate::metrics::Metrics;
-use crate::protocol::{ChatMessageData, JoinedData, PresenceData, TypingData, UserInfo};
+use crate::protocol::{
+    AckData, ChatMessageData, Id, JoinedData, LeftData, PresenceData, TypingData, UserInfo,
+};
 
 /// A connection's identity, unique for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,11 +191,11 @@ impl Room {
             let data = JoinedData {
                 room: &room,
                 username: &username,
-                id: &id.to_string(),
+                id: Id(&id),
                 users: users
                     .iter()
                     .map(|(id, username)| UserInfo {
-                        id: id.to_string(),
+                        id: Id(id),
                         username,
                     })
                     .collect(),
@@ -286,7 +286,11 @@ impl Registry {
         }
         let joined = inner.rooms[room].joined(room, id, username);
         inner.send_to(id, &joined, &mut d);
-        inner.send_ack(id, ack, json!({"ok": true, "room": room}), &mut d);
+        let data = AckData {
+            room: Some(room),
+            ..AckData::ok()
+        };
+        inner.send_ack(id, ack, &data, &mut d);
         self.finish(inner, d);
     }
 
@@ -302,10 +306,10 @@ impl Registry {
         let room = inner.leave_room(id, &mut d).ok_or(NotInRoom)?;
         inner.send_to(
             id,
-            &Outgoing::new("left", &json!({ "room": room }), None),
+            &Outgoing::new("left", &LeftData { room: &room }, None),
             &mut d,
         );
-        inner.send_ack(id, ack, json!({"ok": true}), &mut d);
+        inner.send_ack(id, ack, &AckData::ok(), &mut d);
         self.finish(inner, d);
         Ok(())
     }
@@ -331,7 +335,7 @@ impl Registry {
         let data = ChatMessageData {
             room: &room_name,
             seq,
-            id: &id.to_string(),
+            id: Id(&id),
             username: room.username(id),
             text,
             ts: unix_millis(),
@@ -344,7 +348,11 @@ impl Registry {
             }
             room.history.push_back(event);
         }
-        inner.send_ack(id, ack, json!({"ok": true, "seq": seq}), &mut d);
+        let data = AckData {
+            seq: Some(seq),
+            ..AckData::ok()
+        };
+        inner.send_ack(id, ack, &data, &mut d);
         self.finish(inner, d);
         Ok(seq)
     }
@@ -363,12 +371,12 @@ impl Registry {
         let room = &inner.rooms[&room_name];
         let data = TypingData {
             room: &room_name,
-            id: &id.to_string(),
+            id: Id(&id),
             username: room.username(id),
             typing,
         };
         room.send_all(&Outgoing::new("typing", &data, None), Some(id), &mut d);
-        inner.send_ack(id, ack, json!({"ok": true}), &mut d);
+        inner.send_ack(id, ack, &AckData::ok(), &mut d);
         self.finish(inner, d);
         Ok(())
     }
@@ -491,9 +499,9 @@ impl Inner {
     }
 
     /// Sets the requester's `ack` aside; `finish` queues it last.
-    fn send_ack(&self, id: ClientId, ack: Option<u64>, data: serde_json::Value, d: &mut Delivery) {
+    fn send_ack(&self, id: ClientId, ack: Option<u64>, data: &AckData<'_>, d: &mut Delivery) {
         if let Some(ack) = ack {
-            d.ack = Some((id, Outgoing::new("ack", &data, Some(ack))));
+            d.ack = Some((id, Outgoing::new("ack", data, Some(ack))));
         }
     }
 
@@ -549,7 +557,7 @@ impl Inner {
 fn presence(event: &'static str, room: &str, id: ClientId, username: &str) -> Arc<Outgoing> {
     let data = PresenceData {
         room,
-        id: &id.to_string(),
+        id: Id(&id),
         username,
     };
     Outgoing::new(event, &data, None)

@@ -12,7 +12,7 @@ use log::{debug, info};
 use crate::codec::{Codec, Encoding, Inbound, Outgoing};
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{
-    self, ClientEvent, ConnectedData, Envelope, ErrorCode, EventName, Limits, Rejection,
+    self, ClientEvent, ConnectedData, Envelope, ErrorCode, EventName, Id, Limits, Rejection,
 };
 use crate::rooms::{ClientId, Mailbox, Wakes};
 use crate::shared::{Admission, Shared};
@@ -55,7 +55,7 @@ impl Session {
     pub(crate) fn connected(&self) -> Arc<Outgoing> {
         let config = &self.shared.config;
         let data = ConnectedData {
-            id: &self.id.to_string(),
+            id: Id(&self.id),
             limits: Limits {
                 max_message_bytes: config.max_message_bytes,
                 max_text_chars: protocol::MAX_TEXT_CHARS,
@@ -118,7 +118,7 @@ impl Session {
             let message = format!("{event} needs a room: join one first");
             Rejection::new(ErrorCode::NotInRoom, message).with_ack(ack)
         };
-        let request = match ClientEvent::parse(name, data.as_ref()) {
+        let request = match ClientEvent::parse(name, data.as_deref()) {
             Ok(request) => request,
             // `not_in_room` comes before `invalid_field`; asked only when
             // the fields are bad, as the registry checks it for good ones.
@@ -194,7 +194,7 @@ impl Client {
         info!("client {id} connected ({encoding:?})");
         Some(Client {
             session: Session::new(id, Arc::clone(&outbox), Arc::clone(shared)),
-            codec: Codec::new(encoding, &id.to_string()),
+            codec: Codec::new(encoding, id),
             _membership: membership,
             outbox,
             _admission: admission,
@@ -203,6 +203,19 @@ impl Client {
 
     pub(crate) fn id(&self) -> ClientId {
         self.session.id
+    }
+
+    /// The client leaves its room (`userLeft`) and is forgotten; its place
+    /// under `--max-connections` is handed back to the caller, to keep until
+    /// its writer has ended (a writer counts against the same place).
+    pub(crate) fn leave(self) -> Admission {
+        let Client {
+            _membership,
+            _admission,
+            ..
+        } = self;
+        drop(_membership);
+        _admission
     }
 }
 
@@ -216,6 +229,7 @@ struct Membership {
 impl Membership {
     fn register(id: ClientId, mailbox: Arc<dyn Mailbox>, shared: &Arc<Shared>) -> Option<Self> {
         shared.registry.connect(id, mailbox).ok()?;
+        shared.metrics.client_connected();
         Some(Membership {
             id,
             shared: Arc::clone(shared),
@@ -227,6 +241,7 @@ impl Drop for Membership {
     fn drop(&mut self) {
         let mut wakes = Wakes::default();
         self.shared.registry.disconnect(self.id, &mut wakes);
+        self.shared.metrics.client_gone();
         wakes.wake_all();
         info!("client {} disconnected", self.id);
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub(crate) ws_config: WebSocketConfig,
     /// Every socket accepted on either port and not yet closed.
     pub(crate) sockets: Arc<Sockets>,
+    /// Places taken under `--max-connections` (see `Admission`).
+    admitted: Arc<AtomicUsize>,
     next_id: AtomicU64,
     stopping: AtomicBool,
     /// Wakes the threads that wait on a timer (`pause`) when stopping.
@@ -57,6 +59,7 @@ impl Shared {
             handshake_origins,
             ws_config,
             sockets: Arc::new(Sockets::new(capacity.sockets)),
+            admitted: Arc::default(),
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             stopped: (Mutex::new(false), Condvar::new()),
@@ -90,22 +93,28 @@ impl Shared {
         !*guard
     }
 
-    /// A place for one more client, unless `max_connections` are connected.
+    /// A place for one more client, unless `max_connections` are taken.
     pub(crate) fn admit(&self) -> Option<Admission> {
-        self.metrics
-            .try_admit(self.max_connections)
-            .then(|| Admission(Arc::clone(&self.metrics)))
+        let max = self.max_connections;
+        self.admitted
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Admission(Arc::clone(&self.admitted)))
     }
 }
 
 /// A client's place under `--max-connections`, given back when dropped:
-/// whatever way the client's thread ends, a panic included.
+/// whatever way the client's thread ends, a panic included. It outlives the
+/// client itself by as long as the client's writer runs (a writer is a
+/// thread the place pays for).
 #[derive(Debug)]
-pub(crate) struct Admission(Arc<Metrics>);
+pub(crate) struct Admission(Arc<AtomicUsize>);
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.release();
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -188,5 +197,36 @@ pub(crate) struct SocketSlot {
 impl Drop for SocketSlot {
     fn drop(&mut self) {
         self.sockets.lock().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_stops_at_the_limit_and_places_come_back_on_drop() {
+        let shared = Shared::new(
+            Config::default(),
+            Capacity::for_clients(2),
+            Arc::default(),
+            Origins::new(Vec::new()),
+        );
+        let (a, b) = (shared.admit(), shared.admit());
+        assert!(a.is_some() && b.is_some());
+        assert!(shared.admit().is_none());
+        drop(a);
+        assert!(shared.admit().is_some());
+    }
+
+    #[test]
+    fn sockets_past_the_capacity_are_refused() {
+        let sockets = Arc::new(Sockets::new(1));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let connect = || Arc::new(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+        let first = sockets.take(&connect());
+        assert!(first.is_some() && sockets.take(&connect()).is_none());
+        drop(first);
+        assert!(sockets.take(&connect()).is_some());
     }
 }

@@ -9,7 +9,11 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use std::borrow::Cow;
+use std::io::Write;
+
+use serde_json::json;
+use serde_json::value::RawValue;
 
 use super::{Inbound, Outgoing};
 use crate::protocol::{self, Envelope, ErrorCode, Rejection};
@@ -33,7 +37,7 @@ impl Decoder {
         }
     }
 
-    pub(crate) fn decode(&mut self, packet: &str) -> Inbound {
+    pub(crate) fn decode<'a>(&mut self, packet: &'a str) -> Inbound<'a> {
         match engine_packet(packet) {
             // The client is done.
             Packet::Close | Packet::Disconnect => Inbound::Close,
@@ -60,7 +64,7 @@ impl Decoder {
     }
 
     /// A binary WebSocket frame: attachments are not supported.
-    pub(crate) fn decode_binary(&mut self) -> Inbound {
+    pub(crate) fn decode_binary(&mut self) -> Inbound<'static> {
         Inbound::Request(Err(Rejection::new(
             ErrorCode::BadRequest,
             "binary packets are not supported",
@@ -68,13 +72,14 @@ impl Decoder {
     }
 }
 
-/// The packet for a server event: `42["name",data]`, or `43<id>[data]` when
-/// it answers a request that asked for an acknowledgement.
-pub(crate) fn encode(event: &Outgoing) -> String {
-    match event.ack {
-        Some(ack) => format!("43{ack}[{}]", event.data()),
-        None => format!(r#"42["{}",{}]"#, event.name, event.data()),
-    }
+/// The packet for a server event, appended to `out`: `42["name",data]`, or
+/// `43<id>[data]` when it answers a request that asked for an
+/// acknowledgement.
+pub(crate) fn encode_into(event: &Outgoing, out: &mut Vec<u8>) {
+    let _ = match event.ack {
+        Some(ack) => write!(out, "43{ack}[{}]", event.data()),
+        None => write!(out, r#"42["{}",{}]"#, event.name, event.data()),
+    };
 }
 
 /// A new Engine.IO session id: 160 random bits, as hex. Unguessable, since
@@ -86,14 +91,12 @@ pub(crate) fn new_sid() -> String {
 }
 
 /// The open packet, the first thing a client reads, offering `upgrades`.
-/// The client gives up when no ping came for `pingInterval + pingTimeout`;
-/// the server gives up on a silent client after its idle timeout, so the
-/// two are made to agree.
+/// The client gives up when no ping came for `pingInterval + pingTimeout`.
 pub(crate) fn open_packet(
     sid: &str,
     upgrades: &[&str],
     ping_interval: Duration,
-    idle_timeout: Duration,
+    ping_timeout: Duration,
     max_payload: usize,
 ) -> String {
     /// The open packet's fields, in engine.io's order.
@@ -106,32 +109,28 @@ pub(crate) fn open_packet(
         ping_timeout: u64,
         max_payload: usize,
     }
-    let ping_interval = ping_interval.as_millis() as u64;
-    let ping_timeout = (idle_timeout.as_millis() as u64)
-        .saturating_sub(ping_interval)
-        .max(1000);
     let open = Open {
         sid,
         upgrades,
-        ping_interval,
-        ping_timeout,
+        ping_interval: ping_interval.as_millis() as u64,
+        ping_timeout: ping_timeout.as_millis() as u64,
         max_payload,
     };
     format!("0{}", super::to_raw(&open).get())
 }
 
 /// What one Engine.IO text packet asks for.
-#[derive(Debug, PartialEq)]
-enum Packet {
+#[derive(Debug)]
+enum Packet<'a> {
     Close,
     Ping(String),
     Ignore,
     Connect(String),
     Disconnect,
-    Event(Result<Envelope, Rejection>),
+    Event(Result<Envelope<'a>, Rejection>),
 }
 
-fn engine_packet(packet: &str) -> Packet {
+fn engine_packet(packet: &str) -> Packet<'_> {
     let mut chars = packet.chars();
     match chars.next() {
         Some('1') => Packet::Close,
@@ -145,7 +144,7 @@ fn engine_packet(packet: &str) -> Packet {
     }
 }
 
-fn socket_packet(packet: &str) -> Packet {
+fn socket_packet(packet: &str) -> Packet<'_> {
     let kind = packet.chars().next();
     let rest = packet.get(1..).unwrap_or("");
     let (namespace, rest) = split_namespace(rest);
@@ -183,8 +182,9 @@ fn split_namespace(rest: &str) -> (&str, &str) {
     }
 }
 
-/// `[id]["event", data]` → the same envelope a native frame gives.
-fn event(rest: &str) -> Result<Envelope, Rejection> {
+/// `[id]["event", data]` → the same envelope a native frame gives, borrowing
+/// from the packet.
+fn event(rest: &str) -> Result<Envelope<'_>, Rejection> {
     let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
     let (id, payload) = rest.split_at(digits);
     let ack = match id {
@@ -201,33 +201,42 @@ fn event(rest: &str) -> Result<Envelope, Rejection> {
                 })?,
         ),
     };
-    let value: Value = serde_json::from_str(payload).map_err(|e| {
-        Rejection::new(ErrorCode::BadJson, format!("event is not valid JSON: {e}")).with_ack(ack)
+    let items: Vec<&RawValue> = serde_json::from_str(payload).map_err(|e| {
+        let message = if e.is_data() {
+            "an event must be a JSON array".to_owned()
+        } else {
+            format!("event is not valid JSON: {e}")
+        };
+        Rejection::new(ErrorCode::BadJson, message).with_ack(ack)
     })?;
-    let Value::Array(mut items) = value else {
-        return Err(
-            Rejection::new(ErrorCode::BadJson, "an event must be a JSON array").with_ack(ack),
-        );
-    };
-    if !items.first().is_some_and(Value::is_string) {
+    let name: Option<String> = items
+        .first()
+        .and_then(|raw| serde_json::from_str(raw.get()).ok());
+    let Some(name) = name else {
         return Err(Rejection::new(ErrorCode::BadRequest, "an event needs a name").with_ack(ack));
-    }
-    let mut data = (items.len() > 1).then(|| items.swap_remove(1));
-    let Value::String(event) = items.swap_remove(0) else {
-        unreachable!("checked above")
     };
+    let mut data = items.get(1).map(|raw| Cow::Borrowed(*raw));
     // `socket.emit("chatMessage", "hi")`, as the original client sends it.
-    if let (Some(Value::String(text)), "chatMessage") = (&data, event.as_str()) {
-        data = Some(json!({ "text": text }));
+    if name == "chatMessage" {
+        if let Some(text) = data
+            .as_deref()
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+        {
+            data = Some(Cow::Owned(super::to_raw(&json!({ "text": text }))));
+        }
     }
-    Ok(Envelope { event, data, ack })
+    Ok(Envelope {
+        event: Cow::Owned(name),
+        data,
+        ack,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ev(packet: &str) -> Result<Envelope, Rejection> {
+    fn ev(packet: &str) -> Result<Envelope<'_>, Rejection> {
         match engine_packet(packet) {
             Packet::Event(e) => e,
             other => panic!("{packet}: {other:?}"),
@@ -236,27 +245,28 @@ mod tests {
 
     #[test]
     fn engine_and_socket_packets() {
-        assert_eq!(engine_packet("1"), Packet::Close);
-        assert_eq!(engine_packet("2"), Packet::Ping(String::new()));
-        assert_eq!(engine_packet("2probe"), Packet::Ping("probe".into()));
-        assert_eq!(engine_packet("41/admin,"), Packet::Ignore);
-        assert_eq!(engine_packet("3"), Packet::Ignore);
-        assert_eq!(engine_packet("40"), Packet::Connect("/".into()));
-        assert_eq!(
-            engine_packet(r#"40{"token":"x"}"#),
-            Packet::Connect("/".into())
-        );
-        assert_eq!(engine_packet("40/admin,"), Packet::Connect("/admin".into()));
-        assert_eq!(engine_packet("41"), Packet::Disconnect);
+        assert!(matches!(engine_packet("1"), Packet::Close));
+        assert!(matches!(engine_packet("2"), Packet::Ping(p) if p.is_empty()));
+        assert!(matches!(engine_packet("2probe"), Packet::Ping(p) if p == "probe"));
+        assert!(matches!(engine_packet("41/admin,"), Packet::Ignore));
+        assert!(matches!(engine_packet("3"), Packet::Ignore));
+        assert!(matches!(engine_packet("40"), Packet::Connect(n) if n == "/"));
+        assert!(matches!(engine_packet(r#"40{"token":"x"}"#), Packet::Connect(n) if n == "/"));
+        assert!(matches!(engine_packet("40/admin,"), Packet::Connect(n) if n == "/admin"));
+        assert!(matches!(engine_packet("41"), Packet::Disconnect));
     }
 
     #[test]
     fn events_become_envelopes() {
+        let data = |e: &Envelope<'_>| e.data.as_deref().map(RawValue::get).map(str::to_owned);
         let e = ev(r#"42["joinRoom",{"username":"a","room":"r"}]"#).unwrap();
-        assert_eq!((e.event.as_str(), e.ack), ("joinRoom", None));
+        assert_eq!((e.event.as_ref(), e.ack), ("joinRoom", None));
         let e = ev(r#"4217["chatMessage","hi"]"#).unwrap();
-        assert_eq!((e.data, e.ack), (Some(json!({"text": "hi"})), Some(17)));
-        assert_eq!(ev(r#"42["leaveRoom"]"#).unwrap().data, None);
+        assert_eq!(
+            (data(&e), e.ack),
+            (Some(r#"{"text":"hi"}"#.into()), Some(17))
+        );
+        assert_eq!(data(&ev(r#"42["leaveRoom"]"#).unwrap()), None);
         assert_eq!(ev("42[oops").unwrap_err().code, ErrorCode::BadJson);
         assert_eq!(ev("423{}").unwrap_err().ack, Some(3));
         assert_eq!(ev("42[5]").unwrap_err().code, ErrorCode::BadRequest);
@@ -290,6 +300,12 @@ mod tests {
         assert!(refused(d.decode_binary()));
     }
 
+    fn encode(event: &Outgoing) -> String {
+        let mut out = Vec::new();
+        encode_into(event, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn server_events_encode_as_event_or_ack_packets() {
         let e = Outgoing::new("userLeft", &json!({"room": "r"}), None);
@@ -306,12 +322,12 @@ mod tests {
     }
 
     #[test]
-    fn the_open_packet_makes_both_sides_give_up_together() {
+    fn the_open_packet_keeps_engine_ios_order() {
         let open = open_packet(
             "9",
             &[],
             Duration::from_secs(25),
-            Duration::from_secs(60),
+            Duration::from_secs(35),
             100,
         );
         assert_eq!(

@@ -8,6 +8,9 @@ const CLOSE: u8 = 0x8;
 /// A WebSocket Ping with no payload.
 pub(crate) const PING: &[u8] = &[0x89, 0x00];
 
+/// The longest header a frame has.
+pub(crate) const MAX_HEADER: usize = 10;
+
 /// The length of the header `frame` puts before a payload of `len` bytes.
 pub(crate) fn header_len(len: usize) -> usize {
     match len {
@@ -46,6 +49,29 @@ fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A text frame made of `buf`, whose first `MAX_HEADER` bytes are room for
+/// the header and the rest the payload: the header is written into that
+/// room, and the room it does not need is dropped (a copy within `buf`, no
+/// new allocation).
+pub(crate) fn text_in_place(mut buf: Vec<u8>) -> Vec<u8> {
+    let len = buf.len() - MAX_HEADER;
+    let start = MAX_HEADER - header_len(len);
+    buf[start] = 0x80 | TEXT; // FIN and opcode
+    match len {
+        0..=125 => buf[start + 1] = len as u8,
+        126..=0xFFFF => {
+            buf[start + 1] = 126;
+            buf[start + 2..start + 4].copy_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            buf[start + 1] = 127;
+            buf[start + 2..start + 10].copy_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    buf.drain(..start);
+    buf
+}
+
 /// A text frame around `payload`.
 pub(crate) fn text(payload: &[u8]) -> Box<[u8]> {
     frame(TEXT, payload).into_boxed_slice()
@@ -73,6 +99,9 @@ mod tests {
             let framed = text(&vec![7; len]);
             assert_eq!(framed.len(), header_len(len) + len);
             assert_eq!(payload(&framed), &vec![7; len][..]);
+            let mut buf = vec![0; MAX_HEADER];
+            buf.resize(MAX_HEADER + len, 7);
+            assert_eq!(&text_in_place(buf)[..], &framed[..]);
         }
         assert_eq!(
             &close(1001, "bye")[..],

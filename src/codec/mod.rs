@@ -22,10 +22,10 @@ use crate::protocol::{Envelope, Rejection};
 
 /// What one message from a client means, whatever its transport.
 #[derive(Debug)]
-pub(crate) enum Inbound {
+pub(crate) enum Inbound<'a> {
     /// A chat request, or why it cannot be one. Every one takes a
     /// rate-limit token, as every client data frame does.
-    Request(Result<Envelope, Rejection>),
+    Request(Result<Envelope<'a>, Rejection>),
     /// A transport packet to answer with at once (Engine.IO's pong, a
     /// refused namespace); not a chat event.
     Reply(String),
@@ -46,17 +46,17 @@ pub(crate) enum Codec {
 }
 
 impl Codec {
-    /// A fresh decoder for a client speaking `encoding`, whose Engine.IO
-    /// session id (if it needs one) is `sid`.
-    pub(crate) fn new(encoding: Encoding, sid: &str) -> Codec {
+    /// A fresh decoder for a client speaking `encoding`; `id` is what
+    /// Socket.IO's connect answer calls its `sid`.
+    pub(crate) fn new(encoding: Encoding, id: impl std::fmt::Display) -> Codec {
         match encoding {
             Encoding::Native => Codec::Native,
-            Encoding::EngineIo => Codec::EngineIo(engineio::Decoder::new(sid.to_owned())),
+            Encoding::EngineIo => Codec::EngineIo(engineio::Decoder::new(id.to_string())),
         }
     }
 
     /// One text message (a WebSocket text frame, or one polling packet).
-    pub(crate) fn decode(&mut self, text: &str) -> Inbound {
+    pub(crate) fn decode<'a>(&mut self, text: &'a str) -> Inbound<'a> {
         match self {
             Codec::Native => native::decode(text),
             Codec::EngineIo(decoder) => decoder.decode(text),
@@ -64,7 +64,7 @@ impl Codec {
     }
 
     /// A binary WebSocket frame, which neither transport accepts.
-    pub(crate) fn decode_binary(&mut self) -> Inbound {
+    pub(crate) fn decode_binary(&mut self) -> Inbound<'static> {
         match self {
             Codec::Native => Inbound::Request(Err(Rejection::new(
                 crate::protocol::ErrorCode::BadRequest,
@@ -94,7 +94,7 @@ pub struct Outgoing {
     /// How to build `data` for an event made with [`Outgoing::later`].
     later: Mutex<Option<Build>>,
     weight: usize,
-    frames: [OnceLock<Box<[u8]>>; 2],
+    frames: [OnceLock<Vec<u8>>; 2],
 }
 
 type Build = Box<dyn FnOnce() -> Box<RawValue> + Send>;
@@ -171,11 +171,15 @@ impl Outgoing {
     /// The complete WebSocket frame in `encoding`.
     pub(crate) fn frame(&self, encoding: Encoding) -> &[u8] {
         self.frames[encoding as usize].get_or_init(|| {
-            let text = match encoding {
-                Encoding::Native => native::encode(self),
-                Encoding::EngineIo => engineio::encode(self),
-            };
-            frame::text(text.as_bytes())
+            // One allocation: the text is written after room for the
+            // frame's header, which goes in front once the length is known.
+            let mut out = Vec::with_capacity(frame::MAX_HEADER + self.weight);
+            out.resize(frame::MAX_HEADER, 0);
+            match encoding {
+                Encoding::Native => native::encode_into(self, &mut out),
+                Encoding::EngineIo => engineio::encode_into(self, &mut out),
+            }
+            frame::text_in_place(out)
         })
     }
 

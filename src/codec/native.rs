@@ -1,36 +1,40 @@
 //! roomchat's own transport: one JSON object per WebSocket text frame,
 //! `{"event": …, "data": …, "ack": n}` both ways.
 
+use std::io::Write;
+
 use super::{Inbound, Outgoing};
 use crate::protocol;
 
 /// A client's text frame.
-pub(crate) fn decode(text: &str) -> Inbound {
+pub(crate) fn decode(text: &str) -> Inbound<'_> {
     Inbound::Request(protocol::parse_envelope(text))
 }
 
-/// A server event as the JSON text of one frame: `ack` sits beside `event`
-/// and `data`, as the protocol's examples show it.
-pub(crate) fn encode(event: &Outgoing) -> String {
-    let data = event.data();
-    let mut json = String::with_capacity(data.len() + event.name.len() + 40);
-    json.push_str(r#"{"event":""#);
-    json.push_str(event.name);
-    json.push('"');
+/// A server event as the JSON text of one frame, appended to `out`: `ack`
+/// sits beside `event` and `data`, as the protocol's examples show it.
+pub(crate) fn encode_into(event: &Outgoing, out: &mut Vec<u8>) {
+    out.extend_from_slice(br#"{"event":""#);
+    out.extend_from_slice(event.name.as_bytes());
+    out.push(b'"');
     if let Some(ack) = event.ack {
-        json.push_str(r#","ack":"#);
-        json.push_str(&ack.to_string());
+        let _ = write!(out, r#","ack":{ack}"#);
     }
-    json.push_str(r#","data":"#);
-    json.push_str(data);
-    json.push('}');
-    json
+    out.extend_from_slice(br#","data":"#);
+    out.extend_from_slice(event.data().as_bytes());
+    out.push(b'}');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn encode(event: &Outgoing) -> String {
+        let mut out = Vec::new();
+        encode_into(event, &mut out);
+        String::from_utf8(out).unwrap()
+    }
 
     #[test]
     fn ack_sits_beside_event_and_data() {
