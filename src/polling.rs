@@ -42,8 +42,6 @@ use crate::shared::Shared;
 
 /// How often the timer looks at the sessions.
 const TICK: Duration = Duration::from_millis(250);
-/// How long an upgrading client has to finish its probe (engine.io's default).
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Packets in one payload are separated by this byte (Engine.IO 4).
 const SEPARATOR: char = '\u{1e}';
 
@@ -327,7 +325,10 @@ impl Polling {
         switch_protocols(&conn, accept_key, deadline).ok()?;
         let socket = Arc::clone(&conn.socket);
         let mut ws = connection::websocket(Arc::clone(&socket), conn.pending, None, shared);
-        ws.get_mut().set_deadline(Instant::now() + UPGRADE_TIMEOUT);
+        // The probe is part of the handshake, with the handshake's deadline
+        // (engine.io's own upgrade timeout is 10 s, as our default).
+        ws.get_mut()
+            .set_deadline(Instant::now() + shared.config.handshake_timeout);
         if !self.probe(&mut ws, &poll) {
             poll.state().upgrading = false;
             debug!("session {sid}: upgrade probe failed");

@@ -91,7 +91,10 @@ impl Server {
         let (ws_listener, ws_addr) = bind(&config, "WebSocket", config.ws_port)?;
 
         let metrics = Arc::new(Metrics::default());
-        let capacity = capacity(config.max_connections);
+        // Serving from `--www`, a socket may hold a file open while its
+        // answer is written.
+        let files_per_socket = if config.www.is_some() { 2 } else { 1 };
+        let capacity = capacity(config.max_connections, files_per_socket);
         let origins = Origins::new(config.origins_for(http_addr.port()));
         let handshake_origins =
             Origins::new(config.handshake_origins_for(http_addr.port(), ws_addr.port()));
@@ -266,7 +269,7 @@ fn listen(host: &str, port: u16) -> io::Result<TcpListener> {
 /// what the machine's limits hold. Past `vm.max_map_count` a new thread
 /// cannot map its stacks and std aborts the process; past the open-file
 /// limit accept fails. Refusing a connection at once is the better answer.
-fn capacity(configured: usize) -> Capacity {
+fn capacity(configured: usize, files_per_socket: usize) -> Capacity {
     let maps = read_number("/proc/sys/vm/max_map_count");
     // Ask for as many descriptors as the hard limit allows.
     let files = rlimit::increase_nofile_limit(u64::MAX)
@@ -275,7 +278,7 @@ fn capacity(configured: usize) -> Capacity {
     let fits = |clients: usize| {
         let c = Capacity::for_clients(clients);
         maps.is_none_or(|m| c.threads() * MAPS_PER_THREAD + MAPS_RESERVED <= m)
-            && files.is_none_or(|f| c.sockets + FILES_RESERVED <= f)
+            && files.is_none_or(|f| c.sockets * files_per_socket + FILES_RESERVED <= f)
     };
     if fits(configured) {
         return Capacity::for_clients(configured);
