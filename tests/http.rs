@@ -128,7 +128,10 @@ fn www_dir_serves_files_and_subfolders_but_nothing_outside() {
     std::fs::write(dir.join("secret.txt"), "secret").unwrap();
     let www = dir.join("www");
     let server = TestServer::with(|c| c.www = Some(www));
-    assert_eq!(server.get("/").body, "<!doctype html>home");
+    let home = server.get("/");
+    assert_eq!(home.body, "<!doctype html>home");
+    // A page of one's own may well have inline scripts: no CSP on it.
+    assert_eq!(home.header("content-security-policy"), None);
     assert_eq!(
         server.get("/sub/data.json").header("content-type"),
         Some("application/json")
@@ -313,4 +316,64 @@ fn an_absolute_form_target_is_served_as_its_path() {
         server.http
     ));
     assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+}
+
+#[test]
+fn the_built_in_client_has_its_content_security_policy() {
+    let server = TestServer::start();
+    let csp = server
+        .get("/")
+        .header("content-security-policy")
+        .map(str::to_owned);
+    assert!(csp.is_some_and(|p| p.contains("default-src 'self'")));
+}
+
+#[test]
+fn the_socket_io_client_is_served_as_socket_io_serves_it() {
+    let server = TestServer::start();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/vendor/socket.io-client/");
+    for (name, content_type) in [
+        ("socket.io.js", "application/javascript; charset=utf-8"),
+        ("socket.io.min.js", "application/javascript; charset=utf-8"),
+        (
+            "socket.io.esm.min.js",
+            "application/javascript; charset=utf-8",
+        ),
+        ("socket.io.js.map", "application/json; charset=utf-8"),
+        ("socket.io.min.js.map", "application/json; charset=utf-8"),
+        (
+            "socket.io.esm.min.js.map",
+            "application/json; charset=utf-8",
+        ),
+    ] {
+        let answer = server.get(&format!("/socket.io/{name}?v=1"));
+        assert_eq!(answer.status, 200, "{name}");
+        assert_eq!(answer.header("content-type"), Some(content_type), "{name}");
+        assert_eq!(answer.header("cache-control"), Some("public, max-age=0"));
+        assert_eq!(answer.header("etag"), Some("\"4.8.4\""));
+        let file = std::fs::read_to_string(format!("{dir}{name}")).unwrap();
+        assert_eq!(
+            answer.body, file,
+            "{name}: the vendored file, byte for byte"
+        );
+    }
+    for tag in ["\"4.8.4\"", "W/\"4.8.4\"", "\"4.8.3\", \"4.8.4\""] {
+        let cached = server.http_request(&format!(
+            "GET /socket.io/socket.io.min.js HTTP/1.1\r\nIf-None-Match: {tag}\r\n\
+             Connection: close\r\n\r\n"
+        ));
+        assert_eq!((cached.status, cached.body.as_str()), (304, ""), "{tag}");
+    }
+    let stale = server.http_request(
+        "GET /socket.io/socket.io.min.js HTTP/1.1\r\nIf-None-Match: \"4.8.3\"\r\n\
+         Connection: close\r\n\r\n",
+    );
+    assert_eq!(stale.status, 200);
+    let head =
+        server.http_request("HEAD /socket.io/socket.io.js HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_eq!(
+        server.get("/socket.io/socket.io.msgpack.min.js").status,
+        404
+    );
 }
