@@ -216,7 +216,11 @@ fn the_connection_cap_answers_503() {
     // Once b is gone (its place frees when its connection has wound down),
     // a new client fits.
     let deadline = Instant::now() + common::WAIT;
-    while server.ws_request(&common::upgrade_request("/ws", "")).status != 101 {
+    while server
+        .ws_request(&common::upgrade_request("/ws", ""))
+        .status
+        != 101
+    {
         assert!(Instant::now() < deadline, "b's place never came back");
         std::thread::yield_now();
     }
