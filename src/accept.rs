@@ -17,7 +17,7 @@ use tungstenite::handshake::derive_accept_key;
 use crate::codec::Encoding;
 use crate::config::Origins;
 use crate::connection::{self, Link};
-use crate::http::Desk;
+use crate::http::{Desk, NoAnswer};
 use crate::httpconn::{answer, header, plain, Answer, Body, Conn, Head, HeadError};
 use crate::polling::Polling;
 use crate::shared::{Admission, Shared};
@@ -45,7 +45,10 @@ pub(crate) struct Front {
 
 /// Accepts until the server stops. Each connection gets its own thread.
 pub(crate) fn run(listener: TcpListener, port: Port, front: Arc<Front>) {
+    // Each failure a peer can cause is logged at most every 10 s, with a count.
     let mut refused = Throttle::new(Duration::from_secs(10));
+    let mut failed_accept = Throttle::new(Duration::from_secs(10));
+    let mut failed_spawn = Throttle::new(Duration::from_secs(10));
     for socket in listener.incoming() {
         if front.shared.stopping() {
             break;
@@ -54,7 +57,9 @@ pub(crate) fn run(listener: TcpListener, port: Port, front: Arc<Front>) {
             Ok(socket) => Arc::new(socket),
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.
-                warn!("{port:?} accept failed: {e}");
+                if let Some(count) = failed_accept.tick() {
+                    warn!("{port:?} accept failed ({count} times): {e}");
+                }
                 thread::sleep(Duration::from_millis(20));
                 continue;
             }
@@ -83,21 +88,23 @@ pub(crate) fn run(listener: TcpListener, port: Port, front: Arc<Front>) {
                 }
             });
         if let Err(e) = spawned {
-            warn!("cannot start a connection thread: {e}");
+            if let Some(count) = failed_spawn.tick() {
+                warn!("cannot start a connection thread ({count} times): {e}");
+            }
         }
     }
     debug!("{port:?} accept loop stopped");
 }
 
 /// Counts events and says when to log them: at most once per period.
-struct Throttle {
+pub(crate) struct Throttle {
     period: Duration,
     last: Option<Instant>,
     count: u64,
 }
 
 impl Throttle {
-    fn new(period: Duration) -> Throttle {
+    pub(crate) const fn new(period: Duration) -> Throttle {
         Throttle {
             period,
             last: None,
@@ -106,7 +113,7 @@ impl Throttle {
     }
 
     /// Counts one event; the count so far when it is time to log.
-    fn tick(&mut self) -> Option<u64> {
+    pub(crate) fn tick(&mut self) -> Option<u64> {
         self.count += 1;
         let now = Instant::now();
         if self.last.is_some_and(|at| now < at + self.period) {
@@ -192,10 +199,10 @@ fn page(conn: &mut Conn, head: Head, front: &Front) -> bool {
     let shared = &front.shared;
     let keep = head.keep_alive() && head.body() == Body::None && !shared.stopping();
     let (version, head_only) = (head.version(), head.method() == "HEAD");
-    let answer = front
-        .desk
-        .ask(head)
-        .unwrap_or_else(|| plain(503, "server is shutting down"));
+    let answer = front.desk.ask(head).unwrap_or_else(|why| match why {
+        NoAnswer::Busy => plain(503, "server busy, try again"),
+        NoAnswer::Stopped => plain(503, "server is shutting down"),
+    });
     let sent = conn.send(answer, version, head_only, answer_deadline(shared));
     if sent.is_err() || !keep {
         conn.close();

@@ -41,7 +41,7 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
-    /// Most concurrent WebSocket clients; more get HTTP 503.
+    /// Most concurrent clients (WebSocket and long-polling); more get HTTP 503.
     #[arg(
         long,
         env = "CHAT_MAX_CONNECTIONS",

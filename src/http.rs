@@ -8,9 +8,9 @@ use std::fs::File;
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::debug;
 use serde_json::json;
 use tiny_http::{Response, StatusCode};
@@ -83,6 +83,16 @@ pub(crate) struct Site {
 pub(crate) struct Job {
     head: Head,
     reply: Sender<Answer>,
+    /// When the connection thread gave up waiting (`ANSWER_WAIT`).
+    given_up: Instant,
+}
+
+/// Why no answer came.
+pub(crate) enum NoAnswer {
+    /// Not within `ANSWER_WAIT`: the answering thread is behind.
+    Busy,
+    /// The answering thread has stopped: the server is shutting down.
+    Stopped,
 }
 
 /// How connection threads reach the answering thread. Cheap to clone.
@@ -94,17 +104,27 @@ pub(crate) struct Desk {
 impl Desk {
     /// A desk, and the end the answering thread takes jobs from.
     pub(crate) fn new() -> (Desk, Receiver<Option<Job>>) {
-        // Unbounded, yet bounded by the sockets: each connection thread
-        // waits for its answer before it reads another request.
+        // Unbounded, yet bounded by the sockets: a connection thread waits
+        // for its answer (or gives up) before it asks again, and a job whose
+        // asker gave up is dropped unanswered, so a backlog drains itself.
         let (jobs, rx) = crossbeam_channel::unbounded();
         (Desk { jobs }, rx)
     }
 
-    /// The answer to `head`; None if the answering thread has stopped.
-    pub(crate) fn ask(&self, head: Head) -> Option<Answer> {
+    /// The answer to `head`.
+    pub(crate) fn ask(&self, head: Head) -> Result<Answer, NoAnswer> {
         let (reply, answer) = crossbeam_channel::bounded(1);
-        self.jobs.send(Some(Job { head, reply })).ok()?;
-        answer.recv_timeout(ANSWER_WAIT).ok()
+        let given_up = Instant::now() + ANSWER_WAIT;
+        let job = Job {
+            head,
+            reply,
+            given_up,
+        };
+        self.jobs.send(Some(job)).map_err(|_| NoAnswer::Stopped)?;
+        answer.recv_deadline(given_up).map_err(|e| match e {
+            RecvTimeoutError::Timeout => NoAnswer::Busy,
+            RecvTimeoutError::Disconnected => NoAnswer::Stopped,
+        })
     }
 
     /// Asks the answering thread to stop.
@@ -113,9 +133,16 @@ impl Desk {
     }
 }
 
-/// Answers jobs until the desk is closed.
+/// Answers jobs until the desk is closed or the server stops (the jobs
+/// still queued then are dropped: their connections answer `503`).
 pub(crate) fn run(jobs: Receiver<Option<Job>>, site: Site) {
     while let Ok(Some(job)) = jobs.recv() {
+        if site.shared.stopping() {
+            break;
+        }
+        if Instant::now() >= job.given_up {
+            continue;
+        }
         let answer = respond(&job.head, &site);
         debug!(
             "{} {} -> {}",
@@ -335,6 +362,46 @@ fn content_type(rel: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_answering_thread_drops_given_up_jobs_and_stops_with_the_server() {
+        use crate::config::Config;
+        use crate::shared::Capacity;
+        let shared = Arc::new(Shared::new(
+            Config::default(),
+            Capacity::for_clients(2),
+            Arc::default(),
+            Origins::new(Vec::new()),
+        ));
+        let site = Site {
+            shared: Arc::clone(&shared),
+            assets: Assets::Embedded,
+            origins: Origins::new(Vec::new()),
+            ws_port: 3001,
+        };
+        let head = || Head::parse(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+        let (desk, jobs) = Desk::new();
+        // A job whose connection has given up waiting, queued first.
+        let (reply, stale) = crossbeam_channel::bounded(1);
+        let given_up = Instant::now();
+        let job = Job {
+            head: head(),
+            reply,
+            given_up,
+        };
+        desk.jobs.send(Some(job)).unwrap();
+        let answering = std::thread::spawn(move || run(jobs, site));
+        let Ok(answer) = desk.ask(head()) else {
+            panic!("no answer")
+        };
+        assert_eq!(answer.status_code().0, 200);
+        // It was dropped unanswered: its reply channel is closed and empty.
+        assert!(matches!(stale.try_recv(), Err(e) if e.is_disconnected()));
+        // Once the server stops, the next job ends the thread unanswered.
+        assert!(shared.stop());
+        assert!(matches!(desk.ask(head()), Err(NoAnswer::Stopped)));
+        answering.join().unwrap();
+    }
 
     #[test]
     fn paths_map_into_the_client_and_never_out() {

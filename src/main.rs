@@ -45,7 +45,7 @@ fn main() -> ExitCode {
 /// glibc's malloc keeps a cache of freed memory per thread (its tcache).
 /// A thread per connection makes that a cost per connection: measured with
 /// 2,000 idle clients that joined a room, 20.2 KiB of RSS each with the
-/// caches, 14.6 KiB without, at no cost we could measure in throughput
+/// caches, 13.8 KiB without, at no cost we could measure in throughput
 /// (the hot path allocates little). glibc reads the switch only when a
 /// process starts, so the binary starts itself once more with it set,
 /// unless the environment already says how the tcache is to be. (Elsewhere

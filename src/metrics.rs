@@ -61,7 +61,7 @@ impl Metrics {
         series(
             "roomchat_connections",
             "gauge",
-            "Open WebSocket connections.",
+            "Connected clients, WebSocket and long-polling.",
             self.connections.load(Relaxed) as u64,
         );
         series(

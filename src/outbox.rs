@@ -27,6 +27,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::warn;
 
+use crate::accept::Throttle;
 use crate::codec::{engineio, frame, Encoding, Outgoing};
 use crate::metrics::Metrics;
 use crate::rooms::{Mailbox, Overflow};
@@ -248,7 +249,11 @@ impl Outbox {
         if let Err(e) = spawned {
             *self.queue.lock_running() -= 1;
             // Without a writer the client would wait forever: end it instead.
-            warn!("cannot start a writer thread: {e}; dropping the client");
+            static FAILED: Mutex<Throttle> = Mutex::new(Throttle::new(Duration::from_secs(10)));
+            let failed = FAILED.lock().unwrap_or_else(|p| p.into_inner()).tick();
+            if let Some(count) = failed {
+                warn!("cannot start a writer thread ({count} times): {e}; dropping the client");
+            }
             self.abort();
         }
     }

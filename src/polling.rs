@@ -77,7 +77,9 @@ struct State {
     /// When a packet last came from the client.
     heard: Instant,
     next_ping: Instant,
-    /// A WebSocket has sent `2probe` and may take the session over.
+    /// A WebSocket is probing: at most one at a time per session.
+    probing: bool,
+    /// The probing WebSocket has sent `2probe` and may take the session over.
     upgrading: bool,
     /// A WebSocket took the session over: polling requests get `400`.
     upgraded: bool,
@@ -202,6 +204,7 @@ impl Polling {
                 client: Some(client),
                 heard: now,
                 next_ping: now + config.ping_interval,
+                probing: false,
                 upgrading: false,
                 upgraded: false,
             }),
@@ -313,32 +316,43 @@ impl Polling {
         deadline: Instant,
     ) -> Option<Link> {
         let shared = &self.shared;
+        // Claim the session's one probe: a second WebSocket for the same
+        // session, while one is probing, is refused like an unknown sid.
         let poll = self.find(sid).filter(|p| {
-            let state = p.state();
-            state.client.is_some() && !state.upgrading
+            let mut state = p.state();
+            let free = state.client.is_some() && !state.probing;
+            state.probing |= free;
+            free
         });
         let Some(poll) = poll else {
             let refusal = Refusal::engine_io(1, "Session ID unknown");
             refusal.send(&mut conn, answer_deadline(shared));
             return None;
         };
-        switch_protocols(&conn, accept_key, deadline).ok()?;
-        let socket = Arc::clone(&conn.socket);
-        let mut ws = connection::websocket(Arc::clone(&socket), conn.pending, None, shared);
-        // The probe is part of the handshake, with the handshake's deadline
-        // (engine.io's own upgrade timeout is 10 s, as our default).
-        ws.get_mut()
-            .set_deadline(Instant::now() + shared.config.handshake_timeout);
-        if !self.probe(&mut ws, &poll) {
-            poll.state().upgrading = false;
+        let upgraded = switch_protocols(&conn, accept_key, deadline)
+            .is_ok()
+            .then(|| {
+                let socket = Arc::clone(&conn.socket);
+                let mut ws = connection::websocket(Arc::clone(&socket), conn.pending, None, shared);
+                // The probe is part of the handshake, with the handshake's deadline
+                // (engine.io's own upgrade timeout is 10 s, as our default), from
+                // the 101 to the client's `5`, whatever it sends meanwhile.
+                ws.get_mut()
+                    .set_deadline(Instant::now() + shared.config.handshake_timeout);
+                (self.probe(&mut ws, &poll), socket, ws)
+            });
+        let mut state = poll.state();
+        state.probing = false;
+        state.upgrading = false;
+        let Some((true, socket, mut ws)) = upgraded else {
             debug!("session {sid}: upgrade probe failed");
             return None;
-        }
+        };
         let client = {
-            let mut state = poll.state();
-            state.upgrading = false;
             state.upgraded = true;
-            state.client.take()
+            let client = state.client.take();
+            drop(state);
+            client
         };
         // None: the session ended meanwhile.
         let client = client?;
@@ -357,7 +371,18 @@ impl Polling {
     /// no writer yet) and the session marked upgrading, which releases a
     /// held GET with a noop; true once the client sends `5`.
     fn probe(&self, ws: &mut connection::Socket, poll: &Poll) -> bool {
-        while let Ok(message) = connection::next_message(ws, &poll.sid) {
+        // Read without `connection::next_message`, which would move the
+        // deadline on with every message: a probe sending Pings must not
+        // outlive the handshake deadline.
+        loop {
+            let message = match ws.read() {
+                Ok(message) => message,
+                // A read timeout that is not yet the deadline (`TimedOut`).
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    continue
+                }
+                Err(_) => return false,
+            };
             match message {
                 Message::Text(text) if text.as_str() == "2probe" => {
                     if ws.send(Message::text("3probe")).is_err() {
@@ -371,7 +396,6 @@ impl Polling {
                 _ => return false,
             }
         }
-        false
     }
 
     /// Ends a session: the client leaves its room, a held GET is released

@@ -17,7 +17,7 @@ use crate::rooms::{ClientId, Registry};
 pub(crate) struct Shared {
     pub(crate) config: Config,
     /// `--max-connections`, lowered if the kernel's memory-map limit could
-    /// not hold that many clients (see `server::connection_budget`).
+    /// not hold that many clients (see `server::capacity`).
     pub(crate) max_connections: usize,
     pub(crate) registry: Registry,
     pub(crate) metrics: Arc<Metrics>,

@@ -519,7 +519,7 @@ fn requests_that_never_finish_do_not_stop_the_page() {
         b"GET / HTTP/1.1\r\nHost: x\r\nX-Half: ",
         // A complete head whose body never comes (the handler does not read it).
         b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial",
-        // A small body, which tiny_http reads before handing the request out.
+        // A small body, which the server never reads (the connection closes after the answer).
         b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc",
         // A chunked body that never ends.
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
@@ -610,10 +610,10 @@ impl Drop for Child {
     }
 }
 
-/// A body announced as enormous and never sent: tiny_http drains an unread
-/// body when the request is dropped; it must not size a buffer by the
-/// announced length (that aborted the process), nor hold the one thread
-/// that answers every HTTP request while it waits for the bytes.
+/// A body announced as enormous and never sent: the server must not size a
+/// buffer by the announced length (tiny_http, when it still read requests,
+/// aborted the process that way), nor let the connection waiting for the
+/// bytes hold up anyone else's answer.
 #[test]
 fn an_enormous_announced_body_neither_crashes_nor_blocks_the_server() {
     let mut server = Child::start();

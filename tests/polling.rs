@@ -502,3 +502,53 @@ fn a_failed_probe_leaves_the_session_polling() {
     let stream = TcpStream::connect(server.http).unwrap();
     assert!(tungstenite::client(url, stream).is_err());
 }
+
+#[test]
+fn a_probe_has_the_handshake_deadline_and_a_session_one_probe_at_a_time() {
+    let server = TestServer::with(|c| {
+        c.handshake_timeout = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(30);
+    });
+    let polling = Polling::connected(&server);
+    let mut first = probe(&server, &polling.sid);
+    // While one WebSocket probes, another for the same session is refused.
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={}",
+        server.http, polling.sid
+    );
+    match tungstenite::client(&url, TcpStream::connect(server.http).unwrap()) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(answer))) => {
+            assert_eq!(answer.status(), 400);
+            let body: Value = serde_json::from_slice(answer.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["code"], 1);
+        }
+        other => panic!("a second probe was not refused: {other:?}"),
+    }
+    // Pings keep a connection alive, but not a probe past the handshake
+    // deadline: it is closed long before the idle timeout.
+    let started = Instant::now();
+    first
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the probe lives on"
+        );
+        match first.read() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if first.send(Message::Ping("still here".into())).is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    // The session still polls, and takes a new probe.
+    assert_eq!(polling.post("2").body, "ok");
+    let mut second = probe(&server, &polling.sid);
+    second.send(Message::text("2probe")).unwrap();
+    assert_eq!(text(&mut second), "3probe");
+}

@@ -126,8 +126,8 @@ fn threads_end_with_their_connections() {
     );
     let url = format!("ws://127.0.0.1:{}/ws", p.ws);
     let rooms_url: std::net::SocketAddr = format!("127.0.0.1:{}", p.http).parse().unwrap();
-    // tiny_http starts its worker pool from its own accept thread, a moment
-    // after startup; one answered request means the pool is there.
+    // One answered request first, so that every thread the server starts
+    // lazily is there before we count.
     common::raw_http(
         rooms_url,
         b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
@@ -144,8 +144,9 @@ fn threads_end_with_their_connections() {
             .collect();
         drop(clients);
     }
-    // The server notices each drop at once. tiny_http may have started extra
-    // workers for our polling requests; they end after 5 s idle.
+    // The server notices each drop at once; each connection's thread (and
+    // writer, if it had one) ends with it, and so do those of our polling
+    // requests.
     let deadline = Instant::now() + Duration::from_secs(12);
     loop {
         let rooms = common::raw_http(
