@@ -74,6 +74,28 @@ pub struct Config {
     /// Seconds a connection has, from accept, to complete its request head or WebSocket handshake.
     #[arg(long, env = "CHAT_HANDSHAKE_TIMEOUT", default_value = "10", value_name = "SECS", value_parser = parse_secs)]
     pub handshake_timeout: Duration,
+
+    /// Run as one node of a cluster whose rooms live in this Redis
+    /// (redis://HOST:PORT[/DB] or unix:///path). Without it, rooms live in
+    /// this process alone.
+    #[arg(long, env = "CHAT_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// Prefix of every Redis key and channel of the cluster, so that several
+    /// clusters can share one Redis.
+    #[arg(
+        long,
+        env = "CHAT_REDIS_PREFIX",
+        default_value = "roomchat",
+        value_name = "PREFIX",
+        value_parser = parse_prefix
+    )]
+    pub redis_prefix: String,
+
+    /// The cluster's heartbeat period (a dead node is out after 8 of them;
+    /// a down Redis is retried every half). For tests; keep the default.
+    #[arg(long = "redis-tick-ms", env = "CHAT_REDIS_TICK_MS", default_value = "1000", hide = true, value_parser = parse_millis)]
+    pub redis_tick: Duration,
 }
 
 /// Frames per second per connection, or no limit.
@@ -110,6 +132,24 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn parse_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "expected 1 to 64 printable ASCII characters without ':', got {s:?}"
+        ))
+    }
+}
+
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if (10..=60_000).contains(&n) => Ok(Duration::from_millis(n)),
+        _ => Err(format!("expected milliseconds from 10 to 60000, got {s:?}")),
+    }
+}
+
 impl Default for Config {
     /// The documented defaults, ignoring the environment.
     fn default() -> Config {
@@ -126,6 +166,9 @@ impl Default for Config {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            redis: None,
+            redis_prefix: "roomchat".into(),
+            redis_tick: Duration::from_secs(1),
         }
     }
 }

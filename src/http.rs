@@ -218,21 +218,24 @@ fn serve(route: Route, head: &Head, site: &Site) -> Answer {
         // Long-polling and upgrades never get here (see `accept.rs`).
         Route::EngineIo => plain(400, "not an Engine.IO request"),
         Route::Bundle(name, bytes) => bundle(name, bytes, head),
-        Route::Healthz => answer(200, "text/plain", b"ok".to_vec()),
+        Route::Healthz if shared.rooms.healthy() => answer(200, "text/plain", b"ok".to_vec()),
+        // A cluster node whose Redis is unreachable: take it out of rotation.
+        Route::Healthz => answer(503, "text/plain", b"unavailable".to_vec()),
         Route::Config => {
             let config = json!({"wsPort": site.ws_port, "wsPath": "/ws"});
             answer(200, "application/json", config.to_string().into_bytes())
         }
-        Route::Rooms => {
-            let rooms: Vec<_> = shared
-                .registry
-                .rooms()
-                .into_iter()
-                .map(|(name, users)| json!({"name": name, "users": users}))
-                .collect();
-            let body = json!({ "rooms": rooms }).to_string();
-            answer(200, "application/json", body.into_bytes())
-        }
+        Route::Rooms => match shared.rooms.list() {
+            Ok(rooms) => {
+                let rooms: Vec<_> = rooms
+                    .into_iter()
+                    .map(|(name, users)| json!({"name": name, "users": users}))
+                    .collect();
+                let body = json!({ "rooms": rooms }).to_string();
+                answer(200, "application/json", body.into_bytes())
+            }
+            Err(_) => plain(503, "the cluster's Redis is unreachable"),
+        },
         Route::Metrics => answer(
             200,
             "text/plain; version=0.0.4",

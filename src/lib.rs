@@ -10,10 +10,13 @@
 //!    WebSocket frames we write, [`Outgoing`] events encoded once),
 //!    [`config`], `metrics`.
 //! 2. `rooms`: the registry, a state machine behind one mutex that reaches
-//!    clients only through the [`Mailbox`] trait.
+//!    clients only through the [`Mailbox`] trait. Beside it, `cluster`: the
+//!    other engine (`--redis`), rooms in Redis shared by every node, which
+//!    reaches its clients through the same trait.
 //! 3. `outbox`: a client's bounded queue and its writer, the one thing that
 //!    writes to a client's socket (a `Mailbox`).
-//! 4. `shared` (settings, registry, metrics, admission), then `session`
+//! 4. `shared` (settings, `Rooms`: the seam between the two engines,
+//!    metrics, admission), then `session`
 //!    (one client's requests, whatever its transport) and `connection` (the
 //!    one read loop of a WebSocket client).
 //! 5. `accept` (the WebSocket listener and its handshake checks) and `http`
@@ -44,6 +47,7 @@ pub mod protocol;
 pub mod server;
 
 mod accept;
+mod cluster;
 mod codec;
 mod connection;
 mod http;

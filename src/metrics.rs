@@ -2,7 +2,8 @@
 //! rendered in the Prometheus text format for `GET /metrics`.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
 
 use crate::protocol::ErrorCode;
 
@@ -14,6 +15,17 @@ pub struct Metrics {
     frames_sent: AtomicU64,
     slow_consumer_disconnects: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// Cluster nodes only (`--redis`): their series exist only there.
+    cluster: OnceLock<ClusterMetrics>,
+}
+
+#[derive(Debug, Default)]
+struct ClusterMetrics {
+    redis_up: AtomicBool,
+    /// Rooms brought up to date from their log after lost pub/sub messages.
+    repairs: AtomicU64,
+    /// Rooms whose local members got 1012: state lost, or beyond repair.
+    rooms_lost: AtomicU64,
 }
 
 impl Metrics {
@@ -43,6 +55,30 @@ impl Metrics {
 
     pub(crate) fn slow_consumer_disconnect(&self) {
         self.slow_consumer_disconnects.fetch_add(1, Relaxed);
+    }
+
+    /// Makes this a cluster node's metrics: `roomchat_redis_up` and the
+    /// repair counters appear, and the `unavailable` error code.
+    pub(crate) fn enable_cluster(&self) {
+        let _ = self.cluster.set(ClusterMetrics::default());
+    }
+
+    pub(crate) fn set_redis_up(&self, up: bool) {
+        if let Some(c) = self.cluster.get() {
+            c.redis_up.store(up, Relaxed);
+        }
+    }
+
+    pub(crate) fn cluster_repair(&self) {
+        if let Some(c) = self.cluster.get() {
+            c.repairs.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn cluster_rooms_lost(&self, rooms: u64) {
+        if let Some(c) = self.cluster.get() {
+            c.rooms_lost.fetch_add(rooms, Relaxed);
+        }
     }
 
     pub(crate) fn error_sent(&self, code: ErrorCode) {
@@ -88,9 +124,33 @@ impl Metrics {
             "Clients disconnected because their outbound queue overflowed.",
             self.slow_consumer_disconnects.load(Relaxed),
         );
+        let cluster = self.cluster.get();
+        if let Some(c) = cluster {
+            series(
+                "roomchat_redis_up",
+                "gauge",
+                "1 while Redis answers and this node's channel is subscribed, else 0.",
+                u64::from(c.redis_up.load(Relaxed)),
+            );
+            series(
+                "roomchat_cluster_repairs_total",
+                "counter",
+                "Rooms brought up to date from their Redis log after lost events.",
+                c.repairs.load(Relaxed),
+            );
+            series(
+                "roomchat_cluster_rooms_lost_total",
+                "counter",
+                "Rooms whose members on this node were closed with 1012 (state lost in Redis).",
+                c.rooms_lost.load(Relaxed),
+            );
+        }
         out.push_str("# HELP roomchat_errors_total Error events sent, by code.\n");
         out.push_str("# TYPE roomchat_errors_total counter\n");
         for code in ErrorCode::ALL {
+            if code == ErrorCode::Unavailable && cluster.is_none() {
+                continue; // a single node never sends it
+            }
             let value = self.errors[code as usize].load(Relaxed);
             let _ = writeln!(
                 out,
@@ -122,5 +182,17 @@ mod tests {
                 "{name} missing from\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn cluster_series_only_on_cluster_nodes() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("redis") && !m.render().contains("unavailable"));
+        m.enable_cluster();
+        let text = m.render();
+        assert!(text.lines().any(|l| l == "roomchat_redis_up 0"));
+        assert!(text.contains("roomchat_errors_total{code=\"unavailable\"} 0"));
+        m.set_redis_up(true);
+        assert!(m.render().lines().any(|l| l == "roomchat_redis_up 1"));
     }
 }

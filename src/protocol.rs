@@ -150,16 +150,19 @@ pub enum ErrorCode {
     UnknownEvent,
     NotInRoom,
     InvalidField,
+    /// Cluster only: Redis is unreachable, the request was not carried out.
+    Unavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 6] = [
+    pub const ALL: [ErrorCode; 7] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::RateLimited,
         ErrorCode::UnknownEvent,
         ErrorCode::NotInRoom,
         ErrorCode::InvalidField,
+        ErrorCode::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -170,6 +173,7 @@ impl ErrorCode {
             ErrorCode::UnknownEvent => "unknown_event",
             ErrorCode::NotInRoom => "not_in_room",
             ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -34,6 +34,22 @@ impl fmt::Display for ClientId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotInRoom;
 
+/// Why a room request was not carried out, by either engine (the local
+/// registry, or the cluster's). Validation stays in `session`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The request needs a room and the client is in none.
+    NotInRoom,
+    /// Redis is unreachable (cluster only): nothing was done.
+    Unavailable,
+}
+
+impl From<NotInRoom> for Refused {
+    fn from(NotInRoom: NotInRoom) -> Refused {
+        Refused::NotInRoom
+    }
+}
+
 /// Shutdown has begun: no client may connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closing;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use log::{info, warn};
 
 use crate::accept::{self, Front, Port};
+use crate::cluster::Cluster;
 use crate::config::{Config, Origins};
 use crate::http::{self, Assets, Desk};
 use crate::metrics::Metrics;
@@ -46,6 +47,8 @@ pub enum StartError {
     Www { path: PathBuf, source: io::Error },
     /// A thread could not be started.
     Spawn(io::Error),
+    /// `--redis`: Redis could not be reached (in 5 seconds), or the URL is bad.
+    Redis(String),
 }
 
 impl fmt::Display for StartError {
@@ -60,6 +63,7 @@ impl fmt::Display for StartError {
                 path.display()
             ),
             StartError::Spawn(source) => write!(f, "cannot start a server thread: {source}"),
+            StartError::Redis(why) => f.write_str(why),
         }
     }
 }
@@ -70,6 +74,7 @@ impl std::error::Error for StartError {
             StartError::Bind { source, .. }
             | StartError::Www { source, .. }
             | StartError::Spawn(source) => Some(source),
+            StartError::Redis(_) => None,
         }
     }
 }
@@ -87,10 +92,19 @@ impl Server {
     /// Binds both listeners and starts serving.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let assets = open_assets(&config)?;
+        let metrics = Arc::new(Metrics::default());
+        // A cluster node joins its cluster before it binds: one that cannot
+        // reach Redis never prints its banner.
+        let cluster = match config.redis {
+            Some(_) => Some(
+                Cluster::start(&config, Arc::clone(&metrics))
+                    .map_err(|e| StartError::Redis(e.to_string()))?,
+            ),
+            None => None,
+        };
         let (http_listener, http_addr) = bind(&config, "HTTP", config.http_port)?;
         let (ws_listener, ws_addr) = bind(&config, "WebSocket", config.ws_port)?;
 
-        let metrics = Arc::new(Metrics::default());
         // Serving from `--www`, a socket may hold a file open while its
         // answer is written.
         let files_per_socket = if config.www.is_some() { 2 } else { 1 };
@@ -98,7 +112,13 @@ impl Server {
         let origins = Origins::new(config.origins_for(http_addr.port()));
         let handshake_origins =
             Origins::new(config.handshake_origins_for(http_addr.port(), ws_addr.port()));
-        let shared = Arc::new(Shared::new(config, capacity, metrics, handshake_origins));
+        let shared = Arc::new(Shared::new(
+            config,
+            capacity,
+            metrics,
+            handshake_origins,
+            cluster,
+        ));
         let (desk, jobs) = Desk::new();
         let site = http::Site {
             shared: Arc::clone(&shared),
@@ -168,13 +188,14 @@ impl Server {
         }
         self.desk.close();
         let shared = &self.shared;
-        shared.registry.close_all(1001, "server shutting down");
-        if !shared.registry.wait_empty(CLOSE_GRACE) {
-            shared.registry.abort_all();
+        shared.rooms.leave_cluster();
+        shared.rooms.close_all(1001, "server shutting down");
+        if !shared.rooms.wait_empty(CLOSE_GRACE) {
+            shared.rooms.abort_all();
         }
         // Whatever is still open (page loads, handshakes, stuck writers) is cut.
         shared.sockets.abort_all();
-        shared.registry.wait_empty(Duration::from_millis(300));
+        shared.rooms.wait_empty(Duration::from_millis(300));
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }

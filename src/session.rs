@@ -14,7 +14,7 @@ use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{
     self, ClientEvent, ConnectedData, Envelope, ErrorCode, EventName, Id, Limits, Rejection,
 };
-use crate::rooms::{ClientId, Mailbox, Wakes};
+use crate::rooms::{ClientId, Mailbox, Refused, Wakes};
 use crate::shared::{Admission, Shared};
 
 /// What the connection does after a message.
@@ -55,7 +55,7 @@ impl Session {
     pub(crate) fn connected(&self) -> Arc<Outgoing> {
         let config = &self.shared.config;
         let data = ConnectedData {
-            id: Id(&self.id),
+            id: Id(&self.shared.rooms.wire_id(self.id)),
             limits: Limits {
                 max_message_bytes: config.max_message_bytes,
                 max_text_chars: protocol::MAX_TEXT_CHARS,
@@ -122,27 +122,35 @@ impl Session {
             Ok(request) => request,
             // `not_in_room` comes before `invalid_field`; asked only when
             // the fields are bad, as the registry checks it for good ones.
-            Err(_) if name.needs_room() && !self.shared.registry.in_room(self.id) => {
+            Err(_) if name.needs_room() && !self.shared.rooms.in_room(self.id) => {
                 return self.reject(not_in_room())
             }
             Err(rejection) => return self.reject(rejection.with_ack(ack)),
         };
-        let (registry, wakes) = (&self.shared.registry, &mut self.wakes);
+        let (rooms, wakes) = (&self.shared.rooms, &mut self.wakes);
         let done = match request {
             ClientEvent::JoinRoom { username, room } => {
-                registry.join(self.id, &username, &room, ack, wakes);
-                info!("client {} joined {room:?} as {username:?}", self.id);
-                Ok(())
+                let done = rooms.join(self.id, &username, &room, ack, wakes);
+                if done.is_ok() {
+                    info!("client {} joined {room:?} as {username:?}", self.id);
+                }
+                done
             }
             ClientEvent::ChatMessage { text } => {
                 debug!("client {} says {text:?}", self.id);
-                registry.chat(self.id, &text, ack, wakes).map(drop)
+                rooms.chat(self.id, &text, ack, wakes)
             }
-            ClientEvent::Typing { typing } => registry.typing(self.id, typing, ack, wakes),
-            ClientEvent::LeaveRoom => registry.leave(self.id, ack, wakes),
+            ClientEvent::Typing { typing } => rooms.typing(self.id, typing, ack, wakes),
+            ClientEvent::LeaveRoom => rooms.leave(self.id, ack, wakes),
         };
-        if done.is_err() {
-            self.reject(not_in_room());
+        match done {
+            Ok(()) => {}
+            Err(Refused::NotInRoom) => self.reject(not_in_room()),
+            Err(Refused::Unavailable) => {
+                let message =
+                    format!("{event} not carried out: the cluster's Redis is unreachable");
+                self.reject(Rejection::new(ErrorCode::Unavailable, message).with_ack(ack));
+            }
         }
     }
 
@@ -228,7 +236,7 @@ struct Membership {
 
 impl Membership {
     fn register(id: ClientId, mailbox: Arc<dyn Mailbox>, shared: &Arc<Shared>) -> Option<Self> {
-        shared.registry.connect(id, mailbox).ok()?;
+        shared.rooms.connect(id, mailbox).ok()?;
         shared.metrics.client_connected();
         Some(Membership {
             id,
@@ -240,7 +248,7 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         let mut wakes = Wakes::default();
-        self.shared.registry.disconnect(self.id, &mut wakes);
+        self.shared.rooms.disconnect(self.id, &mut wakes);
         self.shared.metrics.client_gone();
         wakes.wake_all();
         info!("client {} disconnected", self.id);

@@ -1,6 +1,6 @@
-//! What every thread of the server shares: the settings, the registry, the
-//! metrics, the admission of clients up to `--max-connections`, and the
-//! table of every socket the server holds.
+//! What every thread of the server shares: the settings, the rooms (the
+//! local registry, or the cluster's), the metrics, the admission of clients
+//! up to `--max-connections`, and the table of every socket the server holds.
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::cluster::Cluster;
 use crate::config::{Config, Origins};
 use crate::metrics::Metrics;
-use crate::rooms::{ClientId, Registry};
+use crate::rooms::{ClientId, Closing, Mailbox, Refused, Registry, Wakes};
 
 pub(crate) struct Shared {
     pub(crate) config: Config,
     /// `--max-connections`, lowered if the kernel's memory-map limit could
     /// not hold that many clients (see `server::capacity`).
     pub(crate) max_connections: usize,
-    pub(crate) registry: Registry,
+    pub(crate) rooms: Rooms,
     pub(crate) metrics: Arc<Metrics>,
     /// Origins allowed to open a WebSocket (see `Config::handshake_origins_for`).
     pub(crate) handshake_origins: Origins,
@@ -35,11 +36,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Shared state for a single node, or for a cluster node (`cluster`).
     pub(crate) fn new(
         config: Config,
         capacity: Capacity,
         metrics: Arc<Metrics>,
         handshake_origins: Origins,
+        cluster: Option<Cluster>,
     ) -> Shared {
         let max_connections = capacity.clients;
         let ws_config = WebSocketConfig::default()
@@ -49,12 +52,18 @@ impl Shared {
             .write_buffer_size(0)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
-        let registry = Registry::new(config.history, Arc::clone(&metrics));
-        registry.reserve_clients(max_connections);
+        let rooms = match cluster {
+            Some(cluster) => Rooms::Cluster(cluster),
+            None => {
+                let registry = Registry::new(config.history, Arc::clone(&metrics));
+                registry.reserve_clients(max_connections);
+                Rooms::Local(registry)
+            }
+        };
         Shared {
             config,
             max_connections,
-            registry,
+            rooms,
             metrics,
             handshake_origins,
             ws_config,
@@ -102,6 +111,153 @@ impl Shared {
             })
             .ok()?;
         Some(Admission(Arc::clone(&self.admitted)))
+    }
+}
+
+/// Where rooms live: in this process (the registry), or in Redis, shared by
+/// every node of a cluster. The one seam between the two engines: each call
+/// is a `match`, so the single-node path stays the registry's own code, with
+/// no indirection, lock or allocation added.
+pub(crate) enum Rooms {
+    Local(Registry),
+    Cluster(Cluster),
+}
+
+impl Rooms {
+    /// A client's id on the wire: `42` on a single node, `<node tag>-42` in
+    /// a cluster, so that ids stay unique across nodes and Redis restarts.
+    pub(crate) fn wire_id(&self, id: ClientId) -> String {
+        match self {
+            Rooms::Local(_) => id.to_string(),
+            Rooms::Cluster(c) => c.wire_id(id),
+        }
+    }
+
+    pub(crate) fn connect(&self, id: ClientId, mailbox: Arc<dyn Mailbox>) -> Result<(), Closing> {
+        match self {
+            Rooms::Local(r) => r.connect(id, mailbox),
+            Rooms::Cluster(c) => c.connect(id, mailbox),
+        }
+    }
+
+    pub(crate) fn disconnect(&self, id: ClientId, wakes: &mut Wakes) {
+        match self {
+            Rooms::Local(r) => r.disconnect(id, wakes),
+            Rooms::Cluster(c) => c.disconnect(id),
+        }
+    }
+
+    pub(crate) fn in_room(&self, id: ClientId) -> bool {
+        match self {
+            Rooms::Local(r) => r.in_room(id),
+            Rooms::Cluster(c) => c.in_room(id),
+        }
+    }
+
+    /// `joinRoom`. In a cluster, returns once every frame it caused for
+    /// this client is queued, like the registry (see `cluster`).
+    pub(crate) fn join(
+        &self,
+        id: ClientId,
+        username: &str,
+        room: &str,
+        ack: Option<u64>,
+        wakes: &mut Wakes,
+    ) -> Result<(), Refused> {
+        match self {
+            Rooms::Local(r) => {
+                r.join(id, username, room, ack, wakes);
+                Ok(())
+            }
+            Rooms::Cluster(c) => c.join(id, username, room, ack),
+        }
+    }
+
+    pub(crate) fn chat(
+        &self,
+        id: ClientId,
+        text: &str,
+        ack: Option<u64>,
+        wakes: &mut Wakes,
+    ) -> Result<(), Refused> {
+        match self {
+            Rooms::Local(r) => r
+                .chat(id, text, ack, wakes)
+                .map(drop)
+                .map_err(Refused::from),
+            Rooms::Cluster(c) => c.chat(id, text, ack),
+        }
+    }
+
+    pub(crate) fn typing(
+        &self,
+        id: ClientId,
+        typing: bool,
+        ack: Option<u64>,
+        wakes: &mut Wakes,
+    ) -> Result<(), Refused> {
+        match self {
+            Rooms::Local(r) => r.typing(id, typing, ack, wakes).map_err(Refused::from),
+            Rooms::Cluster(c) => c.typing(id, typing, ack),
+        }
+    }
+
+    pub(crate) fn leave(
+        &self,
+        id: ClientId,
+        ack: Option<u64>,
+        wakes: &mut Wakes,
+    ) -> Result<(), Refused> {
+        match self {
+            Rooms::Local(r) => r.leave(id, ack, wakes).map_err(Refused::from),
+            Rooms::Cluster(c) => c.leave(id, ack),
+        }
+    }
+
+    /// `/api/rooms`: rooms and member counts sorted by name, the cluster's
+    /// in a cluster; `Unavailable` while Redis is unreachable.
+    pub(crate) fn list(&self) -> Result<Vec<(String, usize)>, Refused> {
+        match self {
+            Rooms::Local(r) => Ok(r.rooms()),
+            Rooms::Cluster(c) => c.list(),
+        }
+    }
+
+    /// `/healthz`: false while a cluster node's Redis is unusable.
+    pub(crate) fn healthy(&self) -> bool {
+        match self {
+            Rooms::Local(_) => true,
+            Rooms::Cluster(c) => c.healthy(),
+        }
+    }
+
+    pub(crate) fn close_all(&self, code: u16, reason: &str) {
+        match self {
+            Rooms::Local(r) => r.close_all(code, reason),
+            Rooms::Cluster(c) => c.close_all(code, reason),
+        }
+    }
+
+    pub(crate) fn abort_all(&self) {
+        match self {
+            Rooms::Local(r) => r.abort_all(),
+            Rooms::Cluster(c) => c.abort_all(),
+        }
+    }
+
+    pub(crate) fn wait_empty(&self, timeout: Duration) -> bool {
+        match self {
+            Rooms::Local(r) => r.wait_empty(timeout),
+            Rooms::Cluster(c) => c.wait_empty(timeout),
+        }
+    }
+
+    /// Shutdown, before clients are closed: a cluster node takes its
+    /// members out of Redis at once and stops its threads.
+    pub(crate) fn leave_cluster(&self) {
+        if let Rooms::Cluster(c) = self {
+            c.shutdown();
+        }
     }
 }
 

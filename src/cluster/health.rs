@@ -1,0 +1,182 @@
+//! The `redis-health` thread: the node's heartbeat (which also tells
+//! whether Redis lost its data, or took this node for dead), the reaper
+//! that takes dead nodes' members out of their rooms, reconnecting while
+//! Redis is down, and the janitor's leaves.
+
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use redis::Connection;
+
+use super::link::IO_TIMEOUT;
+use super::scripts::{self, Beat};
+use super::state::Effects;
+use super::{random_tag, unix_millis, Node};
+
+/// Members one reaper call takes out; it is called again while it fills its batch.
+const REAP_BATCH: u32 = 200;
+
+/// How long a node's heartbeat counts: 8 ticks (8 s by default), so a
+/// dead node's members leave within ~10 s (the contract says 15) and a
+/// node must miss 8 beats in a row to be taken for dead.
+pub(super) fn ttl(tick: Duration) -> Duration {
+    tick * 8
+}
+
+/// Runs until shutdown, starting with the connection startup registered on.
+pub(super) fn run(node: &Node, con: Connection, generation: String) {
+    let mut health = Health {
+        con: Some(con),
+        generation,
+        healthy_since: Some(Instant::now()),
+        ttl: ttl(node.tick),
+    };
+    let mut next_beat = Instant::now() + node.tick;
+    loop {
+        node.link.status.wait_bell(next_beat);
+        if node.link.status.stopping() {
+            return;
+        }
+        // Someone saw a failure: check now rather than at the next tick.
+        if Instant::now() >= next_beat || !node.link.status.healthy() {
+            health.beat(node);
+            // Down: try again sooner, so that the node is back within a
+            // second or so of Redis.
+            let period = if health.con.is_some() {
+                node.tick
+            } else {
+                node.tick / 2
+            };
+            next_beat = Instant::now() + period;
+            if health.may_reap() {
+                health.reap(node);
+            }
+        }
+        if node.link.status.up() {
+            health.janitor(node, next_beat);
+        }
+    }
+}
+
+struct Health {
+    con: Option<Connection>,
+    /// The generation of Redis's data set this node knows.
+    generation: String,
+    /// Since when every heartbeat worked.
+    healthy_since: Option<Instant>,
+    ttl: Duration,
+}
+
+impl Health {
+    fn beat(&mut self, node: &Node) {
+        if self.con.is_none() {
+            match node.link.target().connect(IO_TIMEOUT).and_then(|mut con| {
+                scripts::load_all(&mut con)?;
+                Ok(con)
+            }) {
+                Ok(con) => self.con = Some(con),
+                Err(e) => return self.failed(node, &e.to_string()),
+            }
+        }
+        let con = self.con.as_mut().expect("connected above");
+        let sent = unix_millis() as i64;
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let fresh = random_tag(10);
+        match scripts::heartbeat(
+            con,
+            &node.prefix,
+            &node.tag,
+            ttl_ms,
+            &self.generation,
+            &fresh,
+        ) {
+            Ok((beat, generation, redis_now)) => {
+                let offset = redis_now - (sent + unix_millis() as i64) / 2;
+                node.offset_ms
+                    .store(offset, std::sync::atomic::Ordering::Relaxed);
+                if matches!(beat, Beat::Lost | Beat::Reaped) {
+                    self.reset(node, &beat);
+                    self.generation = generation;
+                }
+                self.healthy_since.get_or_insert_with(Instant::now);
+                node.link.set_health(true, "heartbeat");
+            }
+            Err(e) => self.failed(node, &e.to_string()),
+        }
+    }
+
+    fn failed(&mut self, node: &Node, why: &str) {
+        self.con = None;
+        self.healthy_since = None;
+        node.link.set_health(false, &format!("heartbeat: {why}"));
+    }
+
+    /// Redis lost our data, or took this node for dead: every room this
+    /// node followed is gone; its members get 1012 and rejoin. Clients in
+    /// no room keep their connection and their id.
+    fn reset(&mut self, node: &Node, beat: &Beat) {
+        warn!(
+            "redis {}: every room on this node is reset",
+            if *beat == Beat::Lost {
+                "lost its data"
+            } else {
+                "took this node for dead"
+            }
+        );
+        let mut fx = Effects::default();
+        {
+            let mut state = node.lock();
+            state.lose_all(&mut fx);
+            node.metrics.set_rooms(state.room_count());
+        }
+        node.janitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        fx.leaves.clear();
+        node.finish(fx);
+    }
+
+    /// Reaping only once this node's own heartbeat has worked for a whole
+    /// TTL: after an outage every node's deadline has passed, and nobody
+    /// may reap until every live node had the chance to beat again.
+    fn may_reap(&self) -> bool {
+        self.con.is_some() && self.healthy_since.is_some_and(|t| t.elapsed() >= self.ttl)
+    }
+
+    fn reap(&mut self, node: &Node) {
+        let Some(con) = self.con.as_mut() else { return };
+        for _ in 0..10 {
+            match scripts::reap(con, &node.prefix, &node.tag, REAP_BATCH, None) {
+                Ok(n) if n > 0 => {
+                    info!("reaped {n} members of dead nodes");
+                    if n < REAP_BATCH {
+                        return;
+                    }
+                }
+                Ok(_) => return,
+                Err(e) => return self.failed(node, &e.to_string()),
+            }
+        }
+    }
+
+    /// Runs the leaves queued while Redis was unusable (or by the
+    /// subscriber, which does no Redis I/O), until `until`.
+    fn janitor(&mut self, node: &Node, until: Instant) {
+        loop {
+            let next = node.janitor.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some(leave) = next else { return };
+            if node.leave_now(&leave).is_err() {
+                // Down again: keep it for later.
+                node.janitor
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(leave);
+                return;
+            }
+            if Instant::now() >= until {
+                return;
+            }
+        }
+    }
+}

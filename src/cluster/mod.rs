@@ -1,0 +1,583 @@
+//! The cluster engine (`--redis URL`): rooms shared by every node given the
+//! same Redis. Redis holds each room's state and numbers its events: every
+//! request is one Lua script that checks, numbers, logs and publishes its
+//! event, so Redis's single thread gives each room one order. Each node
+//! subscribes once to its own channel, where the scripts publish every event
+//! of every room it has members in; its subscriber thread applies them, in
+//! that order, to the node's own clients (`state`), repairing from the
+//! room's log what pub/sub lost, or closing with 1012 what it cannot repair.
+//!
+//! - `event`: the events' wire format (pure).
+//! - `state`: this node's clients and rooms; applies events (pure).
+//! - `scripts` and `lua/`: the room operations, one script each.
+//! - `link`: connections, timeouts, the Up/Down state.
+//! - `subscriber`: the `redis-sub` thread: delivery and repair.
+//! - `health`: the `redis-health` thread: heartbeat, reaper, recovery, janitor.
+//!
+//! A reader runs its client's script itself, then waits (bounded) at the
+//! client's barrier until the subscriber applied the event, so that every
+//! frame the request caused, its ack last, is queued before the reader
+//! reads the client's next frame: a cluster node answers like one server.
+
+mod event;
+mod health;
+mod link;
+mod scripts;
+mod state;
+mod subscriber;
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use log::{info, warn};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::rooms::{ClientId, Closing, Mailbox, Refused};
+use link::{Down, Link, Target, IO_TIMEOUT};
+use scripts::{Call, Outcome};
+use state::{json_string, Effects, Leave, Request, State, Waited};
+
+/// How long startup keeps trying to reach Redis before giving up.
+const STARTUP_WINDOW: Duration = Duration::from_secs(5);
+/// How long a reader waits for its request's event to come back through
+/// the subscriber. A backstop only: it passes when the subscriber can
+/// neither receive nor repair, and the client then gets 1012 (its
+/// request's outcome is unknown).
+const BARRIER_WAIT: Duration = Duration::from_secs(5);
+/// A request script does nothing once Redis's clock is this far past the
+/// moment the node sent it, so that a request answered `unavailable`
+/// (timed out) cannot take effect later when a stalled Redis wakes up.
+const SCRIPT_DEADLINE_MS: i64 = 500;
+/// Shutdown's budget for taking this node's members out of Redis.
+const SELF_REAP_BUDGET: Duration = Duration::from_millis(500);
+
+/// Why the cluster could not start.
+#[derive(Debug)]
+pub(crate) struct StartError(pub(crate) String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A running cluster node: what readers call, and its two threads.
+pub(crate) struct Cluster {
+    node: Arc<Node>,
+    /// One message per thread when it ends.
+    ended: Receiver<()>,
+    threads: usize,
+}
+
+/// What the node's threads and its readers share.
+pub(crate) struct Node {
+    link: Link,
+    state: Mutex<State>,
+    /// Signalled whenever a client goes, for `wait_empty`.
+    emptied: Condvar,
+    /// This node's tag: client ids on the wire are `<tag>-<n>`.
+    tag: String,
+    prefix: String,
+    history: usize,
+    /// Heartbeat period; the other periods derive from it.
+    tick: Duration,
+    metrics: Arc<Metrics>,
+    /// Redis's clock minus ours, in ms (measured by each heartbeat).
+    offset_ms: AtomicI64,
+    /// Memberships for the health thread to take out of Redis (see `state::Leave`).
+    janitor: Mutex<Vec<Leave>>,
+    /// Rooms whose state a reader found gone: for the subscriber to check.
+    resync_tx: Sender<String>,
+    resync_rx: Receiver<String>,
+}
+
+impl Cluster {
+    /// Connects to Redis, registers this node, subscribes to its channel and
+    /// starts its threads; Redis must answer within 5 seconds.
+    pub(crate) fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Cluster, StartError> {
+        let url = config.redis.as_deref().unwrap_or_default();
+        let target = Target::parse(url).map_err(|e| {
+            StartError(format!(
+                "invalid Redis URL {}: {e}",
+                link::mask_password(url)
+            ))
+        })?;
+        let tick = config.redis_tick;
+        let deadline = Instant::now() + STARTUP_WINDOW;
+        let (tag, generation, con, offset) =
+            register(&target, &config.redis_prefix, tick, deadline)?;
+        metrics.enable_cluster();
+        let (resync_tx, resync_rx) = crossbeam_channel::unbounded();
+        let node = Arc::new(Node {
+            link: Link::new(target, Arc::clone(&metrics)),
+            state: Mutex::new(State::new(tag.clone())),
+            emptied: Condvar::new(),
+            tag,
+            prefix: config.redis_prefix.clone(),
+            history: config.history,
+            tick,
+            metrics,
+            offset_ms: AtomicI64::new(offset),
+            janitor: Mutex::default(),
+            resync_tx,
+            resync_rx,
+        });
+        node.link.set_health(true, "registered");
+
+        let (ended_tx, ended) = crossbeam_channel::unbounded();
+        let (ready_tx, ready) = crossbeam_channel::bounded(1);
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            let ended = ended_tx.clone();
+            thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    body();
+                    let _ = ended.send(());
+                })
+                .map_err(|e| StartError(format!("cannot start the {name} thread: {e}")))
+        };
+        let n = Arc::clone(&node);
+        spawn("redis-sub", Box::new(move || subscriber::run(&n, ready_tx)))?;
+        let mut cluster = Cluster {
+            node: Arc::clone(&node),
+            ended,
+            threads: 1,
+        };
+        // Serve nothing before the node's channel is subscribed: a join's
+        // events would go nowhere.
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ready.recv_timeout(left.max(IO_TIMEOUT)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(cluster.fail(format!("cannot subscribe: {e}"))),
+            Err(_) => return Err(cluster.fail("cannot subscribe in time".into())),
+        }
+        let n = Arc::clone(&node);
+        spawn(
+            "redis-health",
+            Box::new(move || health::run(&n, con, generation)),
+        )?;
+        cluster.threads = 2;
+        info!(
+            "cluster node {} on redis at {} (prefix {:?})",
+            node.tag,
+            node.link.target(),
+            node.prefix
+        );
+        Ok(cluster)
+    }
+
+    /// Startup failed after the threads began: stop them, say why.
+    fn fail(self, why: String) -> StartError {
+        let error = StartError(format!("redis at {}: {why}", self.node.link.target()));
+        self.shutdown();
+        error
+    }
+
+    /// The id a client has on the wire: unique in the cluster.
+    pub(crate) fn wire_id(&self, id: ClientId) -> String {
+        format!("{}-{id}", self.node.tag)
+    }
+
+    pub(crate) fn connect(&self, id: ClientId, mailbox: Arc<dyn Mailbox>) -> Result<(), Closing> {
+        let mut state = self.node.lock();
+        if state.closing {
+            return Err(Closing);
+        }
+        state.connect(id, mailbox);
+        Ok(())
+    }
+
+    /// Forgets a client; its room hears `userLeft` through Redis.
+    pub(crate) fn disconnect(&self, id: ClientId) {
+        let membership = self.node.lock().disconnect(id);
+        self.node.emptied.notify_all();
+        if let Some(m) = membership {
+            self.node.leave_later(
+                Leave {
+                    id,
+                    room: m.room,
+                    epoch: m.epoch,
+                },
+                true,
+            );
+        }
+    }
+
+    pub(crate) fn in_room(&self, id: ClientId) -> bool {
+        self.node.lock().in_room(id)
+    }
+
+    pub(crate) fn join(
+        &self,
+        id: ClientId,
+        username: &str,
+        room: &str,
+        ack: Option<u64>,
+    ) -> Result<(), Refused> {
+        self.node.request(id, Some(room), ack, |node, req, call| {
+            let current = req
+                .membership
+                .as_ref()
+                .map(|m| (m.room.as_str(), m.epoch.as_str()));
+            let (username, room_json) = (json_string(username), json_string(room));
+            let epoch = random_tag(8);
+            let (outcome, _, kept) = node.link.call(|con| {
+                scripts::join(
+                    con, call, &node.tag, &username, room, &room_json, &epoch, current,
+                )
+            })?;
+            if !kept {
+                // The client's previous room had lost it: that room's state
+                // here is stale.
+                if let Some((old, _)) = current {
+                    let _ = node.resync_tx.send(old.to_owned());
+                }
+            }
+            Ok(outcome)
+        })
+    }
+
+    pub(crate) fn chat(&self, id: ClientId, text: &str, ack: Option<u64>) -> Result<(), Refused> {
+        self.node.request(id, None, ack, |node, req, call| {
+            let m = req.membership.as_ref().expect("begin checked the room");
+            // The chatMessage data as the single-node server writes it
+            // (`protocol::ChatMessageData`), in two halves around the `seq`
+            // that only Redis can give.
+            let before = format!("{{\"room\":{},\"seq\":", m.room_json);
+            let after = format!(
+                ",\"id\":\"{}\",\"username\":{},\"text\":{},\"ts\":{}}}",
+                call.id,
+                m.username_json,
+                json_string(text),
+                unix_millis()
+            );
+            let halves = (before.as_str(), after.as_str());
+            node.link
+                .call(|con| scripts::chat(con, call, &m.room, &m.epoch, halves, node.history))
+        })
+    }
+
+    pub(crate) fn typing(
+        &self,
+        id: ClientId,
+        typing: bool,
+        ack: Option<u64>,
+    ) -> Result<(), Refused> {
+        self.node.request(id, None, ack, |node, req, call| {
+            let m = req.membership.as_ref().expect("begin checked the room");
+            let data = format!(
+                "{{\"room\":{},\"id\":\"{}\",\"username\":{},\"typing\":{typing}}}",
+                m.room_json, call.id, m.username_json
+            );
+            node.link
+                .call(|con| scripts::typing(con, call, &m.room, &m.epoch, &data))
+        })
+    }
+
+    pub(crate) fn leave(&self, id: ClientId, ack: Option<u64>) -> Result<(), Refused> {
+        self.node.request(id, None, ack, |node, req, call| {
+            let m = req.membership.as_ref().expect("begin checked the room");
+            node.link
+                .call(|con| scripts::leave(con, call, &node.tag, &m.room, &m.epoch, true))
+        })
+    }
+
+    /// `/api/rooms`: the cluster's rooms, or `Unavailable`.
+    pub(crate) fn list(&self) -> Result<Vec<(String, usize)>, Refused> {
+        let prefix = &self.node.prefix;
+        self.node
+            .link
+            .call(|con| scripts::rooms(con, prefix))
+            .map_err(|Down| Refused::Unavailable)
+    }
+
+    /// `/healthz`: Redis answers and the node's channel is subscribed.
+    pub(crate) fn healthy(&self) -> bool {
+        self.node.link.status.up()
+    }
+
+    pub(crate) fn close_all(&self, code: u16, reason: &str) {
+        let mailboxes = {
+            let mut state = self.node.lock();
+            state.closing = true;
+            state.mailboxes()
+        };
+        for mailbox in mailboxes {
+            mailbox.close(code, reason);
+        }
+    }
+
+    pub(crate) fn abort_all(&self) {
+        let mailboxes = self.node.lock().mailboxes();
+        for mailbox in mailboxes {
+            mailbox.abort();
+        }
+    }
+
+    pub(crate) fn wait_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.node.lock();
+        while !state.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .node
+                .emptied
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Shutdown, before the clients are closed: refuse requests, take this
+    /// node's members out of Redis in one step (the other nodes hear their
+    /// `userLeft` at once; the clients' own disconnects then do nothing),
+    /// and stop the threads. Bounded: about a second at most.
+    pub(crate) fn shutdown(&self) {
+        let node = &self.node;
+        if node.link.status.stopping() {
+            return;
+        }
+        node.link.status.stop();
+        let reaped = node
+            .link
+            .target()
+            .connect(SELF_REAP_BUDGET)
+            .and_then(|mut con| {
+                let started = Instant::now();
+                while scripts::reap(&mut con, &node.prefix, &node.tag, 500, Some(&node.tag))? == 500
+                {
+                    if started.elapsed() > SELF_REAP_BUDGET {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+        if let Err(e) = reaped {
+            warn!("cannot take this node's members out of redis: {e}; the others will reap them");
+        }
+        // The threads notice within a subscriber read timeout or a Redis
+        // timeout; wait that long at most.
+        let deadline = Instant::now() + IO_TIMEOUT;
+        for _ in 0..self.threads {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.ended.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Node {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic under this lock would be a bug in `state`; what it holds
+        // is still good enough to keep serving the other rooms.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one room request: `not_in_room` (for all but a join) and
+    /// `unavailable` need no Redis; then the script, run by `script`; then
+    /// the wait for its event. The script's verdicts map onto the answers.
+    fn request(
+        &self,
+        id: ClientId,
+        join: Option<&str>,
+        ack: Option<u64>,
+        script: impl FnOnce(&Node, &Request, &Call<'_>) -> Result<Outcome, Down>,
+    ) -> Result<(), Refused> {
+        let req = self.lock().begin(id, join)?;
+        let result = self.run(id, &req, ack, script);
+        self.lock().end(id);
+        result
+    }
+
+    fn run(
+        &self,
+        id: ClientId,
+        req: &Request,
+        ack: Option<u64>,
+        script: impl FnOnce(&Node, &Request, &Call<'_>) -> Result<Outcome, Down>,
+    ) -> Result<(), Refused> {
+        if !self.link.status.up() {
+            return Err(Refused::Unavailable);
+        }
+        let wire = format!("{}-{id}", self.tag);
+        let call = Call {
+            prefix: &self.prefix,
+            id: &wire,
+            q: req.q,
+            ack,
+            deadline: self.deadline(),
+        };
+        match script(self, req, &call).map_err(|Down| Refused::Unavailable)? {
+            Outcome::Ok(_) => {
+                match req.barrier.wait(req.q, BARRIER_WAIT) {
+                    Waited::Applied | Waited::Broken => Ok(()),
+                    Waited::TimedOut => {
+                        warn!("client {id}: request {} not delivered within {BARRIER_WAIT:?}; closing it", req.q);
+                        self.close(id, false);
+                        Ok(())
+                    }
+                }
+            }
+            Outcome::Late | Outcome::NoNode => Err(Refused::Unavailable),
+            Outcome::Stale | Outcome::Gone => {
+                // Redis no longer has this client in its room: the room's
+                // state was lost (or the node was taken for dead).
+                info!("client {id}: its room's state is gone from redis; closing it");
+                self.close(id, true);
+                if let Some(m) = &req.membership {
+                    let _ = self.resync_tx.send(m.room.clone());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Closes one client with 1012.
+    fn close(&self, id: ClientId, forget: bool) {
+        let mut fx = Effects::default();
+        self.lock().close(id, forget, &mut fx);
+        fx.run();
+    }
+
+    /// Milliseconds on Redis's clock after which a script sent now must do nothing.
+    fn deadline(&self) -> i64 {
+        unix_millis() as i64 + self.offset_ms.load(Relaxed) + SCRIPT_DEADLINE_MS
+    }
+
+    /// Takes a membership out of Redis now if Redis is usable (`now`), else
+    /// leaves it to the janitor, which runs once Redis is back. Nothing on
+    /// shutdown: the node's members are taken out in one step then.
+    fn leave_later(&self, leave: Leave, now: bool) {
+        if self.link.status.stopping() {
+            return;
+        }
+        if now && self.link.status.up() && self.leave_now(&leave).is_ok() {
+            return;
+        }
+        self.janitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(leave);
+        self.link.status.ring();
+    }
+
+    /// Runs a silent leave (userLeft for the others).
+    fn leave_now(&self, leave: &Leave) -> Result<Outcome, Down> {
+        let wire = format!("{}-{}", self.tag, leave.id);
+        let call = Call {
+            prefix: &self.prefix,
+            id: &wire,
+            q: 0,
+            ack: None,
+            deadline: self.deadline(),
+        };
+        let outcome = self
+            .link
+            .call(|con| scripts::leave(con, &call, &self.tag, &leave.room, &leave.epoch, false))?;
+        match outcome {
+            Outcome::Late => Err(Down),
+            other => Ok(other),
+        }
+    }
+
+    /// Hands over what an apply left to do, no lock held.
+    fn finish(&self, mut fx: Effects) {
+        if fx.lost > 0 {
+            self.metrics.cluster_rooms_lost(fx.lost as u64);
+        }
+        let leaves = std::mem::take(&mut fx.leaves);
+        fx.run();
+        for leave in leaves {
+            self.leave_later(leave, false);
+        }
+    }
+}
+
+/// At startup: connect, load the scripts, heartbeat with a fresh tag (a
+/// live node with the same tag makes us draw again), retrying until
+/// `deadline`. Returns the tag, the generation, the connection and the
+/// clock offset.
+fn register(
+    target: &Target,
+    prefix: &str,
+    tick: Duration,
+    deadline: Instant,
+) -> Result<(String, String, redis::Connection, i64), StartError> {
+    let ttl = health::ttl(tick);
+    let mut last = String::from("no attempt");
+    while Instant::now() < deadline {
+        let attempt = target.connect(IO_TIMEOUT).and_then(|mut con| {
+            scripts::load_all(&mut con)?;
+            loop {
+                let tag = random_tag(10);
+                let sent = unix_millis() as i64;
+                let ttl_ms = ttl.as_millis() as u64;
+                let (beat, generation, redis_now) =
+                    scripts::heartbeat(&mut con, prefix, &tag, ttl_ms, "", &random_tag(10))?;
+                if beat != scripts::Beat::Taken {
+                    let offset = redis_now - (sent + unix_millis() as i64) / 2;
+                    return Ok((tag, generation, con, offset));
+                }
+            }
+        });
+        match attempt {
+            Ok(registered) => return Ok(registered),
+            Err(e) => last = e.to_string(),
+        }
+        thread::sleep(
+            Duration::from_millis(250).min(deadline.saturating_duration_since(Instant::now())),
+        );
+    }
+    Err(StartError(format!(
+        "cannot reach Redis at {target} within {}s: {last}",
+        STARTUP_WINDOW.as_secs()
+    )))
+}
+
+/// `len` random characters from `[0-9a-z]`: node tags (10: 51 bits, so
+/// 10,000 node starts collide with probability ~2e-8), room epochs and
+/// generations.
+fn random_tag(len: usize) -> String {
+    const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut bytes = vec![0u8; len];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source: the clock's nanoseconds, mixed, are still
+        // unlikely to repeat between two nodes.
+        let mut x = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()) << 32;
+        for b in &mut bytes {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

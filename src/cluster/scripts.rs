@@ -1,0 +1,339 @@
+//! The Lua scripts that keep every room's state in Redis, one typed
+//! function per script. Redis runs each script alone, so each numbers its
+//! event, logs it and publishes it in one step: that is where a room's one
+//! order comes from. The scripts' own comments (`lua/`) give their
+//! arguments and replies; `common.lua` is prepended to each.
+
+use std::sync::LazyLock;
+
+use redis::{Connection, RedisResult, Script, Value};
+
+use super::event::Pos;
+
+/// Events each room's log keeps (`XADD MAXLEN ~`) for repairs: a lost
+/// pub/sub message, or a subscriber reconnecting, is repaired from it when
+/// it reaches back far enough, else the room's local members get 1012.
+/// 1,000 is a tenth of a second of the benchmark's busiest room, and
+/// minutes of a chatty one; ~300 KB of Redis memory per busy room.
+pub(crate) const LOG_LEN: u32 = 1000;
+/// Most log entries one repair reads.
+const RESYNC_MAX: u32 = 10_000;
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(concat!(include_str!("lua/common.lua"), include_str!($file)))
+        });
+    };
+}
+
+script!(JOIN, "lua/join.lua");
+script!(CHAT, "lua/chat.lua");
+script!(TYPING, "lua/typing.lua");
+script!(LEAVE, "lua/leave.lua");
+script!(HEARTBEAT, "lua/heartbeat.lua");
+script!(REAP, "lua/reap.lua");
+script!(RESYNC, "lua/resync.lua");
+script!(ROOMS, "lua/rooms.lua");
+
+/// Loads every script (SCRIPT LOAD, idempotent): on each new connection,
+/// since a restarted Redis has an empty script cache.
+pub(crate) fn load_all(con: &mut Connection) -> RedisResult<()> {
+    for script in [
+        &JOIN, &CHAT, &TYPING, &LEAVE, &HEARTBEAT, &REAP, &RESYNC, &ROOMS,
+    ] {
+        script.prepare_invoke().load(con)?;
+    }
+    Ok(())
+}
+
+/// How a room request's script answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Done; for a chat message, its `seq`.
+    Ok(u64),
+    /// Past its deadline: Redis was too slow, nothing was done.
+    Late,
+    /// The room was lost or recreated: the client's membership is gone.
+    Stale,
+    /// The client is no longer a member (reaped, or already left).
+    Gone,
+    /// For a join: this node is not registered (Redis lost its data and
+    /// the heartbeat has not re-registered the node yet).
+    NoNode,
+}
+
+/// The common arguments of a request script.
+pub(crate) struct Call<'a> {
+    pub(crate) prefix: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) q: u64,
+    pub(crate) ack: Option<u64>,
+    /// Milliseconds on Redis's clock after which the script does nothing.
+    pub(crate) deadline: i64,
+}
+
+impl Call<'_> {
+    fn ack(&self) -> String {
+        self.ack.map_or_else(String::new, |a| a.to_string())
+    }
+}
+
+/// A join: (outcome, whether the current room still had the client).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn join(
+    con: &mut Connection,
+    c: &Call<'_>,
+    node: &str,
+    username_json: &str,
+    room: &str,
+    room_json: &str,
+    new_epoch: &str,
+    current: Option<(&str, &str)>,
+) -> RedisResult<(Outcome, Option<String>, bool)> {
+    let (cur_room, cur_epoch) = current.unwrap_or(("", ""));
+    let reply: Vec<Value> = JOIN
+        .arg(c.prefix)
+        .arg(node)
+        .arg(c.id)
+        .arg(username_json)
+        .arg(room)
+        .arg(room_json)
+        .arg(new_epoch)
+        .arg(LOG_LEN)
+        .arg(c.q)
+        .arg(c.ack())
+        .arg(cur_room)
+        .arg(cur_epoch)
+        .arg(c.deadline)
+        .invoke(con)?;
+    let outcome = outcome(&reply)?;
+    let epoch = reply.get(1).and_then(text);
+    let kept = reply.get(2).and_then(text).is_none_or(|l| l != "0");
+    Ok((outcome, epoch, kept))
+}
+
+/// A chat message; the node builds its data around the number Redis gives.
+pub(crate) fn chat(
+    con: &mut Connection,
+    c: &Call<'_>,
+    room: &str,
+    epoch: &str,
+    (before, after): (&str, &str),
+    history: usize,
+) -> RedisResult<Outcome> {
+    let reply: Vec<Value> = CHAT
+        .arg(c.prefix)
+        .arg(c.id)
+        .arg(room)
+        .arg(epoch)
+        .arg(c.q)
+        .arg(c.ack())
+        .arg(before)
+        .arg(after)
+        .arg(history)
+        .arg(LOG_LEN)
+        .arg(c.deadline)
+        .invoke(con)?;
+    outcome(&reply)
+}
+
+pub(crate) fn typing(
+    con: &mut Connection,
+    c: &Call<'_>,
+    room: &str,
+    epoch: &str,
+    data: &str,
+) -> RedisResult<Outcome> {
+    let reply: Vec<Value> = TYPING
+        .arg(c.prefix)
+        .arg(c.id)
+        .arg(room)
+        .arg(epoch)
+        .arg(c.q)
+        .arg(c.ack())
+        .arg(data)
+        .arg(LOG_LEN)
+        .arg(c.deadline)
+        .invoke(con)?;
+    outcome(&reply)
+}
+
+/// A leave: `answered` for leaveRoom (the node answers `left`), else silent.
+pub(crate) fn leave(
+    con: &mut Connection,
+    c: &Call<'_>,
+    node: &str,
+    room: &str,
+    epoch: &str,
+    answered: bool,
+) -> RedisResult<Outcome> {
+    let reply: Vec<Value> = LEAVE
+        .arg(c.prefix)
+        .arg(node)
+        .arg(c.id)
+        .arg(room)
+        .arg(epoch)
+        .arg(if answered { "l" } else { "s" })
+        .arg(if c.q > 0 {
+            c.q.to_string()
+        } else {
+            String::new()
+        })
+        .arg(c.ack())
+        .arg(LOG_LEN)
+        .arg(c.deadline)
+        .invoke(con)?;
+    outcome(&reply)
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Beat {
+    Ok,
+    /// Redis came back without our data (the generation changed).
+    Lost,
+    /// The other nodes took this one for dead and removed its members.
+    Reaped,
+    /// At startup: a live node has this tag already.
+    Taken,
+}
+
+/// A heartbeat: (what it found, the generation, Redis's clock in ms).
+pub(crate) fn heartbeat(
+    con: &mut Connection,
+    prefix: &str,
+    node: &str,
+    ttl_ms: u64,
+    known: &str,
+    fresh: &str,
+) -> RedisResult<(Beat, String, i64)> {
+    let reply: Vec<Value> = HEARTBEAT
+        .arg(prefix)
+        .arg(node)
+        .arg(ttl_ms)
+        .arg(known)
+        .arg(fresh)
+        .invoke(con)?;
+    let beat = match reply.first().and_then(text).as_deref() {
+        Some("ok") => Beat::Ok,
+        Some("lost") => Beat::Lost,
+        Some("reaped") => Beat::Reaped,
+        Some("taken") => Beat::Taken,
+        _ => return Err(unexpected("heartbeat")),
+    };
+    let generation = reply.get(1).and_then(text).unwrap_or_default();
+    let now = reply
+        .get(2)
+        .and_then(text)
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| unexpected("heartbeat time"))?;
+    Ok((beat, generation, now))
+}
+
+/// Removes up to `batch` members of dead nodes (or of `only`, whatever its
+/// heartbeat); returns how many it removed.
+pub(crate) fn reap(
+    con: &mut Connection,
+    prefix: &str,
+    node: &str,
+    batch: u32,
+    only: Option<&str>,
+) -> RedisResult<u32> {
+    REAP.arg(prefix)
+        .arg(node)
+        .arg(LOG_LEN)
+        .arg(batch)
+        .arg(only.unwrap_or(""))
+        .invoke(con)
+}
+
+/// What a room's log holds after a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resync {
+    /// The room is gone, or is another incarnation.
+    Lost,
+    /// The room's position now, and the events after ours (event texts).
+    Ok(Pos, Vec<String>),
+}
+
+pub(crate) fn resync(
+    con: &mut Connection,
+    prefix: &str,
+    room: &str,
+    epoch: &str,
+    from: Pos,
+) -> RedisResult<Resync> {
+    let reply: Vec<Value> = RESYNC
+        .arg(prefix)
+        .arg(room)
+        .arg(epoch)
+        .arg(from.seq)
+        .arg(from.k)
+        .arg(RESYNC_MAX)
+        .invoke(con)?;
+    if reply.first().and_then(text).as_deref() != Some("ok") {
+        return Ok(Resync::Lost);
+    }
+    let number = |i: usize| reply.get(i).and_then(text).and_then(|t| t.parse().ok());
+    let (Some(seq), Some(k)) = (number(1), number(2)) else {
+        return Err(unexpected("resync position"));
+    };
+    let mut events = Vec::new();
+    if let Some(Value::Array(entries)) = reply.get(3) {
+        // Each entry: [id, [field, value]], the value being the event.
+        for entry in entries {
+            let Value::Array(parts) = entry else { continue };
+            if let Some(Value::Array(fields)) = parts.get(1) {
+                if let Some(ev) = fields.get(1).and_then(text) {
+                    events.push(ev);
+                }
+            }
+        }
+    }
+    Ok(Resync::Ok(Pos { seq, k }, events))
+}
+
+/// Every room of the cluster and its member count, sorted by name.
+pub(crate) fn rooms(con: &mut Connection, prefix: &str) -> RedisResult<Vec<(String, usize)>> {
+    let flat: Vec<String> = ROOMS.arg(prefix).invoke(con)?;
+    let mut rooms: Vec<(String, usize)> = flat
+        .chunks_exact(2)
+        .filter_map(|p| Some((p[0].clone(), p[1].parse().ok()?)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    rooms.sort();
+    Ok(rooms)
+}
+
+/// A request script's first reply field.
+fn outcome(reply: &[Value]) -> RedisResult<Outcome> {
+    Ok(match reply.first().and_then(text).as_deref() {
+        Some("ok") => Outcome::Ok(
+            reply
+                .get(1)
+                .and_then(text)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        ),
+        Some("late") => Outcome::Late,
+        Some("stale") => Outcome::Stale,
+        Some("gone") => Outcome::Gone,
+        Some("nonode") => Outcome::NoNode,
+        _ => return Err(unexpected("script reply")),
+    })
+}
+
+/// A reply value as text (Lua numbers come back as integers).
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn unexpected(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, what))
+}

@@ -1,0 +1,814 @@
+//! A cluster node's view of its own clients: who is connected here, which
+//! room each is in as far as Redis said, and for every room with members on
+//! this node its incarnation (`epoch`) and the position of the last event
+//! applied. Events numbered by Redis come in through [`State::apply`], which
+//! pushes them into the members' mailboxes exactly as the local registry
+//! would, or says that one is missing. No I/O: what is left to do once the
+//! lock is released is handed back in [`Effects`]. Unit-tested without Redis.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::event::{Event, Kind, Pos};
+use crate::codec::Outgoing;
+use crate::rooms::{ClientId, Mailbox, Overflow, Refused, Wakes};
+
+/// Close code for a client whose room this node can no longer follow: its
+/// state was lost in Redis, or events were lost beyond repair. The client
+/// reconnects and rejoins (RFC 6455: "Service Restart").
+pub(crate) const CLOSE_LOST: u16 = 1012;
+const CLOSE_LOST_REASON: &str = "room state lost; rejoin";
+
+/// A client's room as Redis has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Membership {
+    pub(crate) room: String,
+    pub(crate) epoch: String,
+    /// The room name as JSON, ready to splice into event data.
+    pub(crate) room_json: String,
+    /// The client's name in the room, as JSON.
+    pub(crate) username_json: String,
+}
+
+/// A membership to take out of Redis later, by the janitor: a slow consumer
+/// cut off by the subscriber (which does no Redis I/O), a disconnect while
+/// Redis was unreachable, a join answered after its client had gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Leave {
+    pub(crate) id: ClientId,
+    pub(crate) room: String,
+    pub(crate) epoch: String,
+}
+
+/// What a reader needs to run a request's script.
+pub(crate) struct Request {
+    /// The request's number; the subscriber releases the barrier with it.
+    pub(crate) q: u64,
+    pub(crate) membership: Option<Membership>,
+    pub(crate) barrier: Arc<Barrier>,
+}
+
+/// How applying an event went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    Done,
+    /// Already applied (seen again after a repair): dropped.
+    Repeat,
+    /// Events are missing before this one: the room needs a repair first.
+    Gap,
+    /// Not a room this node follows.
+    Ignored,
+}
+
+/// What applying left to do once the state's lock is released.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub(crate) wakes: Wakes,
+    /// Clients to close with 1012.
+    pub(crate) closes: Vec<Arc<dyn Mailbox>>,
+    /// Readers to release: up to a request number, or (None) for good.
+    pub(crate) releases: Vec<(Arc<Barrier>, Option<u64>)>,
+    /// Memberships for the janitor to take out of Redis.
+    pub(crate) leaves: Vec<Leave>,
+    /// Rooms lost (their members closed with 1012), for the metrics.
+    pub(crate) lost: usize,
+}
+
+impl Effects {
+    /// Does it all: wakes mailboxes, closes, releases readers. No lock held.
+    pub(crate) fn run(&mut self) {
+        self.wakes.wake_all();
+        for mailbox in self.closes.drain(..) {
+            mailbox.close(CLOSE_LOST, CLOSE_LOST_REASON);
+        }
+        for (barrier, q) in self.releases.drain(..) {
+            barrier.release(q);
+        }
+    }
+}
+
+/// Where a reader waits until the subscriber applied its request's event:
+/// so a cluster node answers like one server, every frame a request causes
+/// for its client (the ack last) is queued before the next frame is read.
+#[derive(Default)]
+pub(crate) struct Barrier {
+    state: Mutex<(u64, bool)>,
+    signal: Condvar,
+}
+
+/// How a wait at the barrier ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    Applied,
+    /// The client was closed meanwhile (its room was lost).
+    Broken,
+    TimedOut,
+}
+
+impl Barrier {
+    /// Releases waits up to request `q`, or (None) every wait for good.
+    fn release(&self, q: Option<u64>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match q {
+            Some(q) => state.0 = state.0.max(q),
+            None => state.1 = true,
+        }
+        self.signal.notify_all();
+    }
+
+    pub(crate) fn wait(&self, q: u64, timeout: Duration) -> Waited {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if state.0 >= q {
+                return Waited::Applied;
+            }
+            if state.1 {
+                return Waited::Broken;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Waited::TimedOut;
+            }
+            state = self
+                .signal
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+struct Client {
+    mailbox: Arc<dyn Mailbox>,
+    membership: Option<Membership>,
+    barrier: Arc<Barrier>,
+    /// The last request number handed out.
+    q: u64,
+    /// The room a join in flight asks for.
+    joining: Option<String>,
+    /// Closed (1012) or cut off: its requests are refused, nothing more is pushed.
+    closed: bool,
+}
+
+/// A room with members on this node.
+struct Room {
+    epoch: String,
+    room_json: String,
+    /// The last event applied.
+    pos: Pos,
+    /// The local members that receive the room's events, in join order.
+    members: Vec<(ClientId, Arc<dyn Mailbox>)>,
+    /// How many of the room's members Redis attributes to this node: events
+    /// keep coming while it is above 0, even once `members` is empty (a
+    /// disconnected client's leave still to come).
+    ours: u64,
+}
+
+/// The node's view. `node` is the node's tag: ids on the wire are `<node>-<n>`.
+pub(crate) struct State {
+    node: String,
+    clients: HashMap<ClientId, Client>,
+    rooms: BTreeMap<String, Room>,
+    /// Shutdown has closed every client: no more may connect.
+    pub(crate) closing: bool,
+}
+
+/// The part of a presence event's data the joiner's `joined` needs.
+#[derive(Deserialize)]
+struct Presence<'a> {
+    #[serde(borrow)]
+    username: std::borrow::Cow<'a, str>,
+}
+
+impl State {
+    pub(crate) fn new(node: String) -> State {
+        State {
+            node,
+            clients: HashMap::new(),
+            rooms: BTreeMap::new(),
+            closing: false,
+        }
+    }
+
+    /// The local client an id on the wire names, if it is one of ours.
+    fn local_id(&self, wire: &str) -> Option<ClientId> {
+        let n = wire.strip_prefix(self.node.as_str())?.strip_prefix('-')?;
+        n.parse().ok().map(ClientId)
+    }
+
+    pub(crate) fn connect(&mut self, id: ClientId, mailbox: Arc<dyn Mailbox>) {
+        self.clients.insert(
+            id,
+            Client {
+                mailbox,
+                membership: None,
+                barrier: Arc::default(),
+                q: 0,
+                joining: None,
+                closed: false,
+            },
+        );
+    }
+
+    /// Forgets a client; its membership, if any, is for the caller to leave.
+    pub(crate) fn disconnect(&mut self, id: ClientId) -> Option<Membership> {
+        let client = self.clients.remove(&id)?;
+        let membership = client.membership?;
+        if let Some(room) = self.rooms.get_mut(&membership.room) {
+            room.members.retain(|(m, _)| *m != id);
+        }
+        Some(membership)
+    }
+
+    pub(crate) fn in_room(&self, id: ClientId) -> bool {
+        self.clients
+            .get(&id)
+            .is_some_and(|c| c.membership.is_some())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    pub(crate) fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub(crate) fn mailboxes(&self) -> Vec<Arc<dyn Mailbox>> {
+        self.clients
+            .values()
+            .map(|c| Arc::clone(&c.mailbox))
+            .collect()
+    }
+
+    /// Starts a request: its number, the client's membership and barrier.
+    /// `join` names the room a join asks for; other requests need a room.
+    pub(crate) fn begin(&mut self, id: ClientId, join: Option<&str>) -> Result<Request, Refused> {
+        let client = self.clients.get_mut(&id).ok_or(Refused::Unavailable)?;
+        if join.is_none() && client.membership.is_none() {
+            return Err(Refused::NotInRoom);
+        }
+        if client.closed {
+            return Err(Refused::Unavailable);
+        }
+        client.q += 1;
+        client.joining = join.map(str::to_owned);
+        Ok(Request {
+            q: client.q,
+            membership: client.membership.clone(),
+            barrier: Arc::clone(&client.barrier),
+        })
+    }
+
+    /// Ends a request, however it went.
+    pub(crate) fn end(&mut self, id: ClientId) {
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.joining = None;
+        }
+    }
+
+    /// Closes one client with 1012. `forget`: its membership is gone from
+    /// Redis too (otherwise its disconnect still leaves).
+    pub(crate) fn close(&mut self, id: ClientId, forget: bool, fx: &mut Effects) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if !client.closed {
+            client.closed = true;
+            fx.closes.push(Arc::clone(&client.mailbox));
+        }
+        fx.releases.push((Arc::clone(&client.barrier), None));
+        let membership = if forget {
+            client.membership.take()
+        } else {
+            client.membership.clone()
+        };
+        if let Some(m) = membership {
+            if let Some(room) = self.rooms.get_mut(&m.room) {
+                room.members.retain(|(member, _)| *member != id);
+            }
+        }
+    }
+
+    /// Rooms this node follows, with the epoch and position to repair from.
+    pub(crate) fn positions(&self) -> Vec<(String, String, Pos)> {
+        self.rooms
+            .iter()
+            .map(|(name, r)| (name.clone(), r.epoch.clone(), r.pos))
+            .collect()
+    }
+
+    /// Where room `name` stands, if this node follows it.
+    pub(crate) fn position(&self, name: &str) -> Option<(String, Pos)> {
+        self.rooms.get(name).map(|r| (r.epoch.clone(), r.pos))
+    }
+
+    /// After a new subscriber connection: joins in flight for a room this
+    /// node had no state for may have lost their snapshot with the old
+    /// connection, and nothing else would tell. Their clients get 1012.
+    pub(crate) fn fail_blind_joins(&mut self, fx: &mut Effects) {
+        let blind: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.joining
+                    .as_ref()
+                    .is_some_and(|r| !self.rooms.contains_key(r))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in blind {
+            self.close(id, false, fx);
+        }
+    }
+
+    /// A room's state was lost (recreated, deleted, or beyond repair): its
+    /// local members get 1012 and the node forgets it.
+    pub(crate) fn lose(&mut self, name: &str, fx: &mut Effects) {
+        let Some(room) = self.rooms.remove(name) else {
+            return;
+        };
+        fx.lost += 1;
+        for (_, client) in self.clients.iter_mut() {
+            let here = client
+                .membership
+                .as_ref()
+                .is_some_and(|m| m.room == name && m.epoch == room.epoch);
+            if here || client.joining.as_deref() == Some(name) {
+                client.membership = None;
+                if !client.closed {
+                    client.closed = true;
+                    fx.closes.push(Arc::clone(&client.mailbox));
+                }
+                fx.releases.push((Arc::clone(&client.barrier), None));
+            }
+        }
+    }
+
+    /// Redis lost everything (or took this node for dead): every room goes.
+    pub(crate) fn lose_all(&mut self, fx: &mut Effects) {
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for name in names {
+            self.lose(&name, fx);
+        }
+        for client in self.clients.values_mut() {
+            if client.membership.take().is_some() || client.joining.is_some() {
+                if !client.closed {
+                    client.closed = true;
+                    fx.closes.push(Arc::clone(&client.mailbox));
+                }
+                fx.releases.push((Arc::clone(&client.barrier), None));
+            }
+        }
+    }
+
+    /// Applies one event of a room: delivers it to the local members in
+    /// the room's one order, the origin's ack right after what it caused.
+    pub(crate) fn apply(&mut self, ev: &Event<'_>, fx: &mut Effects) -> Applied {
+        let origin = self.local_id(ev.origin);
+        if ev.own {
+            if self.rooms.get(ev.room).is_some_and(|r| r.epoch != ev.epoch) {
+                self.lose(ev.room, fx);
+            }
+        } else if let Some(room) = self.rooms.get(ev.room) {
+            if room.epoch != ev.epoch {
+                self.lose(ev.room, fx);
+                return Applied::Done;
+            }
+        }
+        // Our client's own join of a room this node holds nothing of: its
+        // snapshot is where the room starts here; everything before it is
+        // in the snapshot, everything after comes live.
+        let fresh = ev.own && !self.rooms.contains_key(ev.room);
+        if fresh {
+            let room = Room {
+                epoch: ev.epoch.to_owned(),
+                room_json: json_string(ev.room),
+                pos: ev.pos,
+                members: Vec::new(),
+                ours: 0,
+            };
+            self.rooms.insert(ev.room.to_owned(), room);
+        }
+        let Some(room) = self.rooms.get_mut(ev.room) else {
+            return Applied::Ignored;
+        };
+        if !fresh {
+            if ev.pos <= room.pos {
+                return Applied::Repeat;
+            }
+            if ev.pos != room.pos.next(ev.kind) {
+                return Applied::Gap;
+            }
+        }
+        room.pos = ev.pos;
+        let data = match raw(ev.data, ev.kind) {
+            Ok(data) => data,
+            Err(()) => {
+                log::error!(
+                    "unreadable event data in room {:?}; closing it here",
+                    ev.room
+                );
+                self.lose(ev.room, fx);
+                return Applied::Done;
+            }
+        };
+        let mut push = Pushes::default();
+        match ev.kind {
+            Kind::Chat => {
+                let event = Outgoing::new("chatMessage", &*data, None);
+                push.all(room, &event, None);
+                let ack = json!({"ok": true, "seq": ev.pos.seq});
+                self.ack(origin, ev, ack, &mut push);
+            }
+            Kind::Typing => {
+                let event = Outgoing::new("typing", &*data, None);
+                push.all(room, &event, origin);
+                self.ack(origin, ev, json!({"ok": true}), &mut push);
+            }
+            Kind::Join | Kind::Rename | Kind::Rejoin => {
+                self.joined(origin, ev, &data, &mut push, fx)
+            }
+            Kind::Leave | Kind::Gone => {
+                let room = self.rooms.get_mut(ev.room).expect("checked above");
+                room.members.retain(|(id, _)| Some(*id) != origin);
+                push.all(room, &Outgoing::new("userLeft", &*data, None), None);
+                if let Some(id) = origin {
+                    room.ours = room.ours.saturating_sub(1);
+                    if let Some(client) = self.clients.get_mut(&id) {
+                        if client
+                            .membership
+                            .as_ref()
+                            .is_some_and(|m| m.room == ev.room)
+                        {
+                            client.membership = None;
+                        }
+                    }
+                    if ev.kind == Kind::Leave {
+                        let left = Outgoing::new("left", &json!({ "room": ev.room }), None);
+                        push.to(&self.clients, id, &left);
+                        self.ack(origin, ev, json!({"ok": true}), &mut push);
+                    }
+                }
+            }
+        }
+        push.finish(self, ev, origin, fx);
+        if self.rooms.get(ev.room).is_some_and(|r| r.ours == 0) {
+            // Our last member is out: no more events come for this room.
+            self.rooms.remove(ev.room);
+        }
+        Applied::Done
+    }
+
+    /// Queues the origin's ack, if the request had one.
+    fn ack(
+        &self,
+        origin: Option<ClientId>,
+        ev: &Event<'_>,
+        data: serde_json::Value,
+        push: &mut Pushes,
+    ) {
+        if let (Some(id), Some(ack)) = (origin, ev.ack) {
+            push.to(&self.clients, id, &Outgoing::new("ack", &data, Some(ack)));
+        }
+    }
+
+    /// A join, a rename or a rejoin: presence for the others; for our own
+    /// client (with the snapshot) `joined` and the ack.
+    fn joined(
+        &mut self,
+        origin: Option<ClientId>,
+        ev: &Event<'_>,
+        data: &RawValue,
+        push: &mut Pushes,
+        fx: &mut Effects,
+    ) {
+        let room = self.rooms.get_mut(ev.room).expect("checked by apply");
+        let others = origin;
+        match ev.kind {
+            Kind::Join => push.all(room, &Outgoing::new("userJoined", data, None), others),
+            Kind::Rename => {
+                if let Ok(old) = RawValue::from_string(ev.old.to_owned()) {
+                    push.all(room, &Outgoing::new("userLeft", &*old, None), others);
+                }
+                push.all(room, &Outgoing::new("userJoined", data, None), others);
+            }
+            _ => {}
+        }
+        let Some(id) = origin else { return };
+        if ev.kind == Kind::Join {
+            room.ours += 1;
+        }
+        let (epoch, room_json) = (room.epoch.clone(), room.room_json.clone());
+        let username_json = serde_json::from_str::<Presence>(ev.data)
+            .map(|p| json_string(&p.username))
+            .ok();
+        let Some(client) = self.clients.get_mut(&id) else {
+            // Gone before its join came back: Redis still counts it.
+            if ev.kind == Kind::Join {
+                fx.leaves.push(Leave {
+                    id,
+                    room: ev.room.to_owned(),
+                    epoch,
+                });
+            }
+            return;
+        };
+        let username_json = username_json
+            .or_else(|| client.membership.as_ref().map(|m| m.username_json.clone()))
+            .unwrap_or_else(|| "\"\"".into());
+        client.membership = Some(Membership {
+            room: ev.room.to_owned(),
+            epoch,
+            room_json: room_json.clone(),
+            username_json: username_json.clone(),
+        });
+        if !ev.own || client.closed {
+            // Our own join, repaired from the log: the snapshot travelled
+            // only in the own copy, which is lost. The membership is real
+            // (its disconnect leaves), the client must rejoin.
+            self.close(id, false, fx);
+            return;
+        }
+        let mailbox = Arc::clone(&client.mailbox);
+        let room = self.rooms.get_mut(ev.room).expect("checked by apply");
+        if !room.members.iter().any(|(m, _)| *m == id) {
+            room.members.push((id, mailbox));
+        }
+        let joined = format!(
+            "{{\"room\":{room_json},\"username\":{username_json},\"id\":\"{}\",\"users\":{},\"history\":{}}}",
+            ev.origin, ev.users, ev.history
+        );
+        match RawValue::from_string(joined) {
+            Ok(joined) => {
+                push.to(&self.clients, id, &Outgoing::new("joined", &*joined, None));
+                self.ack(origin, ev, json!({"ok": true, "room": ev.room}), push);
+            }
+            Err(_) => {
+                log::error!("unreadable snapshot for room {:?}", ev.room);
+                self.close(id, false, fx);
+            }
+        }
+    }
+
+    /// Panics unless every member listed in a room is a client of that
+    /// room, at most once. For the unit tests.
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        for (name, room) in &self.rooms {
+            for (id, _) in &room.members {
+                let m = self.clients[id]
+                    .membership
+                    .as_ref()
+                    .expect("a member has a room");
+                assert_eq!(&m.room, name);
+                assert_eq!(room.members.iter().filter(|(x, _)| x == id).count(), 1);
+            }
+        }
+    }
+}
+
+/// The pushes of one event, and what they leave to do.
+#[derive(Default)]
+struct Pushes {
+    wakes: Vec<Arc<dyn Mailbox>>,
+    /// Slow consumers found: cut off from the room.
+    evicted: Vec<ClientId>,
+}
+
+impl Pushes {
+    fn one(&mut self, id: ClientId, mailbox: &Arc<dyn Mailbox>, event: &Arc<Outgoing>) {
+        match mailbox.push(event) {
+            Ok(false) => {}
+            Ok(true) => self.wakes.push(Arc::clone(mailbox)),
+            Err(Overflow) => {
+                self.evicted.push(id);
+                self.wakes.push(Arc::clone(mailbox));
+            }
+        }
+    }
+
+    fn all(&mut self, room: &Room, event: &Arc<Outgoing>, except: Option<ClientId>) {
+        for (id, mailbox) in &room.members {
+            if Some(*id) != except {
+                self.one(*id, mailbox, event);
+            }
+        }
+    }
+
+    fn to(&mut self, clients: &HashMap<ClientId, Client>, id: ClientId, event: &Arc<Outgoing>) {
+        if let Some(client) = clients.get(&id).filter(|c| !c.closed) {
+            let mailbox = Arc::clone(&client.mailbox);
+            self.one(id, &mailbox, event);
+        }
+    }
+
+    /// Hands the wakes over, releases the origin's reader, and cuts off
+    /// slow consumers: out of the local room now, out of Redis by the
+    /// janitor (whose leave tells every node `userLeft`).
+    fn finish(self, state: &mut State, ev: &Event<'_>, origin: Option<ClientId>, fx: &mut Effects) {
+        for mailbox in &self.wakes {
+            fx.wakes.add(mailbox);
+        }
+        if let Some(client) = origin.and_then(|id| state.clients.get(&id)) {
+            if ev.q > 0 {
+                fx.releases.push((Arc::clone(&client.barrier), Some(ev.q)));
+            }
+        }
+        for id in self.evicted {
+            let Some(client) = state.clients.get_mut(&id) else {
+                continue;
+            };
+            client.closed = true;
+            if let Some(m) = client.membership.take() {
+                if let Some(room) = state.rooms.get_mut(&m.room) {
+                    room.members.retain(|(member, _)| *member != id);
+                }
+                fx.leaves.push(Leave {
+                    id,
+                    room: m.room,
+                    epoch: m.epoch,
+                });
+            }
+            fx.releases.push((Arc::clone(&client.barrier), None));
+        }
+    }
+}
+
+/// The event's data as a RawValue: checked JSON, so a bug elsewhere cannot
+/// put garbage on a client's wire. Kinds without data get `{}`.
+fn raw(data: &str, kind: Kind) -> Result<Box<RawValue>, ()> {
+    if data.is_empty() && kind == Kind::Rejoin {
+        return RawValue::from_string("{}".into()).map_err(drop);
+    }
+    RawValue::from_string(data.to_owned()).map_err(drop)
+}
+
+/// A string as JSON.
+pub(crate) fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::{Receiver, Sender};
+
+    struct Recorder(Sender<Arc<Outgoing>>);
+
+    impl Mailbox for Recorder {
+        fn push(&self, event: &Arc<Outgoing>) -> Result<bool, Overflow> {
+            self.0.send(Arc::clone(event)).map_err(|_| Overflow)?;
+            Ok(false)
+        }
+        fn wake(&self) {}
+        fn close(&self, _: u16, _: &str) {}
+        fn abort(&self) {}
+    }
+
+    /// A node "a" with `n` clients, ids 1..=n.
+    fn setup(n: u64) -> (State, Vec<Receiver<Arc<Outgoing>>>) {
+        let mut state = State::new("a".into());
+        let rx = (1..=n)
+            .map(|i| {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                state.connect(ClientId(i), Arc::new(Recorder(tx)));
+                rx
+            })
+            .collect();
+        (state, rx)
+    }
+
+    fn names(rx: &Receiver<Arc<Outgoing>>) -> Vec<&'static str> {
+        rx.try_iter().map(|e| e.name).collect()
+    }
+
+    fn pres(id: &str, name: &str) -> String {
+        format!("{{\"room\":\"r\",\"id\":\"{id}\",\"username\":\"{name}\"}}")
+    }
+
+    /// An event text: kind, epoch, seq, k, origin, q, ack, data.
+    fn ev(kind: &str, epoch: &str, seq: u64, k: u64, origin: &str, q: u64, data: &str) -> String {
+        let users = if kind == "J" { "[]" } else { "" };
+        format!("{kind}\nr\n{epoch}\n{seq}\n{k}\n{origin}\n{q}\n{q}\n{data}\n\n{users}\n{users}")
+    }
+
+    fn apply(state: &mut State, text: &str) -> (Applied, Effects) {
+        let mut fx = Effects::default();
+        let applied = state.apply(&Event::parse(text).unwrap(), &mut fx);
+        state.check_invariants();
+        (applied, fx)
+    }
+
+    #[test]
+    fn own_join_then_chat_from_elsewhere_then_leave_drops_the_room() {
+        let (mut s, rx) = setup(2);
+        s.begin(ClientId(1), Some("r")).unwrap();
+        let (a, fx) = apply(&mut s, &ev("J", "e", 3, 7, "a-1", 1, &pres("a-1", "ann")));
+        assert_eq!(a, Applied::Done);
+        assert_eq!(fx.releases.len(), 1);
+        assert_eq!(names(&rx[0]), ["joined", "ack"]);
+        assert!(s.in_room(ClientId(1)));
+        let chat = r#"{"room":"r","seq":4,"id":"b-1","username":"bo","text":"hi","ts":1}"#;
+        assert_eq!(
+            apply(&mut s, &ev("m", "e", 4, 7, "b-1", 0, chat)).0,
+            Applied::Done
+        );
+        assert_eq!(
+            apply(&mut s, &ev("m", "e", 4, 7, "b-1", 0, chat)).0,
+            Applied::Repeat
+        );
+        assert_eq!(
+            apply(&mut s, &ev("m", "e", 6, 7, "b-1", 0, chat)).0,
+            Applied::Gap
+        );
+        assert_eq!(names(&rx[0]), ["chatMessage"]);
+        assert_eq!(names(&rx[1]), Vec::<&str>::new(), "not a member");
+        assert_eq!(
+            apply(&mut s, &ev("l", "e", 4, 8, "a-1", 2, &pres("a-1", "ann"))).0,
+            Applied::Done
+        );
+        assert_eq!(names(&rx[0]), ["left", "ack"]);
+        assert_eq!(s.room_count(), 0);
+        assert!(!s.in_room(ClientId(1)));
+    }
+
+    #[test]
+    fn another_epoch_is_a_lost_room_and_closes_its_members() {
+        let (mut s, _rx) = setup(1);
+        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("a-1", "ann")));
+        let (a, fx) = apply(&mut s, &ev("t", "f", 0, 2, "b-1", 0, "{}"));
+        assert_eq!((a, fx.closes.len(), fx.lost), (Applied::Done, 1, 1));
+        assert_eq!(s.room_count(), 0);
+        assert_eq!(s.begin(ClientId(1), None).err(), Some(Refused::NotInRoom));
+        assert_eq!(
+            s.begin(ClientId(1), Some("x")).err(),
+            Some(Refused::Unavailable)
+        );
+    }
+
+    #[test]
+    fn our_join_without_its_snapshot_closes_the_joiner_but_keeps_its_membership() {
+        let (mut s, rx) = setup(2);
+        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("a-1", "ann")));
+        names(&rx[0]);
+        let (_, fx) = apply(&mut s, &ev("j", "e", 0, 2, "a-2", 1, &pres("a-2", "cy")));
+        assert_eq!(names(&rx[0]), ["userJoined"]);
+        assert_eq!(fx.closes.len(), 1);
+        assert!(names(&rx[1]).is_empty());
+        assert_eq!(s.disconnect(ClientId(2)).map(|m| m.room), Some("r".into()));
+    }
+
+    #[test]
+    fn typing_skips_the_sender_and_rename_is_left_then_joined() {
+        let (mut s, rx) = setup(2);
+        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("a-1", "ann")));
+        apply(&mut s, &ev("J", "e", 0, 2, "a-2", 1, &pres("a-2", "cy")));
+        names(&rx[0]);
+        names(&rx[1]);
+        let typing = r#"{"room":"r","id":"a-1","username":"ann","typing":true}"#;
+        apply(&mut s, &ev("t", "e", 0, 3, "a-1", 2, typing));
+        assert_eq!(
+            (names(&rx[0]), names(&rx[1])),
+            (vec!["ack"], vec!["typing"])
+        );
+        let rename = format!(
+            "R\nr\ne\n0\n4\na-1\n3\n3\n{}\n{}\n[]\n[]",
+            pres("a-1", "anna"),
+            pres("a-1", "ann")
+        );
+        apply(&mut s, &rename);
+        assert_eq!(names(&rx[0]), ["joined", "ack"]);
+        assert_eq!(names(&rx[1]), ["userLeft", "userJoined"]);
+    }
+
+    #[test]
+    fn a_disconnected_members_leave_still_counts_and_losing_everything_closes_members() {
+        let (mut s, _rx) = setup(2);
+        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("a-1", "ann")));
+        apply(&mut s, &ev("J", "e", 0, 2, "a-2", 1, &pres("a-2", "cy")));
+        assert!(s.disconnect(ClientId(1)).is_some());
+        apply(&mut s, &ev("s", "e", 0, 3, "a-1", 0, &pres("a-1", "ann")));
+        assert_eq!(s.room_count(), 1, "a-2 is still here");
+        let mut fx = Effects::default();
+        s.lose_all(&mut fx);
+        assert_eq!((fx.closes.len(), s.room_count()), (1, 0));
+        assert!(!s.in_room(ClientId(2)));
+    }
+
+    #[test]
+    fn barriers_release_in_order_or_break() {
+        let b = Barrier::default();
+        b.release(Some(2));
+        assert_eq!(b.wait(2, Duration::ZERO), Waited::Applied);
+        assert_eq!(b.wait(3, Duration::from_millis(1)), Waited::TimedOut);
+        b.release(None);
+        assert_eq!(b.wait(3, Duration::ZERO), Waited::Broken);
+    }
+}

@@ -1,0 +1,688 @@
+//! The cluster (`--redis`): two or more nodes sharing rooms through a real
+//! redis-server that each test starts for itself (see `common::redis`).
+//! Every rule of the protocol must hold across nodes, and Redis failing
+//! must never leave a client with a silent gap. Skipped, with a message,
+//! where redis-server is not installed.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::redis::{NodeProcess, TestRedis};
+use common::{Client, RawSocket, TestServer};
+use serde_json::{json, Value};
+
+/// Polls `check` every 20 ms until it holds; fails the test after `limit`.
+fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn rooms(node: &TestServer) -> (u16, String) {
+    let r = node.get("/api/rooms");
+    (r.status, r.body)
+}
+
+/// Reads frames until a `chatMessage`; returns its data. Other frames are skipped.
+fn next_chat(c: &mut Client) -> Value {
+    loop {
+        let frame = c.recv();
+        if frame["event"] == "chatMessage" {
+            return frame["data"].clone();
+        }
+    }
+}
+
+#[test]
+fn one_room_across_nodes_chat_typing_presence_history_and_api_rooms() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(), redis.node());
+    let mut ann = a.client();
+    let mut bob = b.client();
+    assert_ne!(ann.id, bob.id);
+    assert_ne!(
+        ann.id.split('-').next(),
+        bob.id.split('-').next(),
+        "node tags differ"
+    );
+
+    let joined = ann.join("ann", "lobby");
+    assert_eq!(joined["users"], json!([{"id": ann.id, "username": "ann"}]));
+    let joined = bob.join("bob", "lobby");
+    assert_eq!(
+        joined["users"],
+        json!([{"id": ann.id, "username": "ann"}, {"id": bob.id, "username": "bob"}]),
+        "join order, joiner included"
+    );
+    assert_eq!(joined["id"], bob.id.as_str());
+    assert_eq!(
+        ann.expect("userJoined"),
+        json!({"room": "lobby", "id": bob.id, "username": "bob"})
+    );
+
+    assert_eq!(bob.say("hi from b"), 1);
+    let chat = ann.expect("chatMessage");
+    assert_eq!(
+        (chat["seq"].as_u64(), chat["id"].as_str()),
+        (Some(1), Some(bob.id.as_str()))
+    );
+    assert_eq!(chat["text"], "hi from b");
+    assert_eq!(ann.say("hi from a"), 2);
+    assert_eq!(bob.expect("chatMessage")["seq"], 2);
+
+    // typing reaches the others, not the sender
+    assert_eq!(
+        ann.ok("typing", json!({"typing": true})),
+        json!({"ok": true})
+    );
+    assert_eq!(
+        bob.expect("typing"),
+        json!({"room": "lobby", "id": ann.id, "username": "ann", "typing": true})
+    );
+    ann.assert_quiet();
+
+    // history spans both nodes' messages, in order
+    let mut cy = a.client();
+    let joined = cy.join("cy", "lobby");
+    let texts: Vec<&str> = joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["hi from b", "hi from a"]);
+    assert_eq!(ann.expect("userJoined")["id"], cy.id.as_str());
+    assert_eq!(bob.expect("userJoined")["id"], cy.id.as_str());
+
+    // /api/rooms: the cluster's, the same on both nodes
+    let expected = json!({"rooms": [{"name": "lobby", "users": 3}]}).to_string();
+    assert_eq!(rooms(&a), (200, expected.clone()));
+    assert_eq!(rooms(&b), (200, expected));
+    // the gauges are the node's own
+    assert_eq!(
+        (a.metric("roomchat_connections"), a.metric("roomchat_rooms")),
+        (2, 1)
+    );
+    assert_eq!(b.metric("roomchat_redis_up"), 1);
+
+    // a rename in place: left (old name) then joined (new name), for the others
+    let (frames, _) = cy.request("joinRoom", json!({"username": "cyd", "room": "lobby"}));
+    assert_eq!(frames.len(), 1, "only joined: {frames:?}");
+    for other in [&mut ann, &mut bob] {
+        assert_eq!(other.expect("userLeft")["username"], "cy");
+        assert_eq!(other.expect("userJoined")["username"], "cyd");
+    }
+
+    // leaveRoom: left + ack for the leaver, userLeft for everyone else
+    let (frames, reply) = bob.request("leaveRoom", json!(null));
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0]["data"], json!({"room": "lobby"}));
+    assert_eq!(reply["data"], json!({"ok": true}));
+    for other in [&mut ann, &mut cy] {
+        assert_eq!(other.expect("userLeft")["id"], bob.id.as_str());
+    }
+    bob.send(json!({"event": "typing", "data": {"typing": false}}));
+    bob.expect_error("not_in_room");
+}
+
+#[test]
+fn acks_come_after_everything_the_request_caused_even_across_nodes() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(), redis.node());
+    let mut ann = a.member("ann", "r");
+    let mut bob = b.member("bob", "r");
+    ann.expect("userJoined");
+    // a chat then, at once, a bad one: echo, ack, then the error
+    ann.send(json!({"event": "chatMessage", "data": {"text": "one"}, "ack": 100}));
+    ann.send(json!({"event": "chatMessage", "data": {"text": 5}, "ack": 101}));
+    assert_eq!(ann.expect("chatMessage")["text"], "one");
+    let ack = ann.recv();
+    assert_eq!(
+        (ack["event"].as_str(), ack["ack"].as_u64()),
+        (Some("ack"), Some(100))
+    );
+    assert_eq!(ack["data"], json!({"ok": true, "seq": 1}));
+    assert_eq!(ann.expect_error("invalid_field")["ack"], 101);
+    assert_eq!(bob.expect("chatMessage")["text"], "one");
+    // a switch: userLeft in the old room, joined then ack in the new one
+    let (frames, reply) = bob.request("joinRoom", json!({"username": "bob", "room": "s"}));
+    assert_eq!(
+        frames
+            .iter()
+            .map(|f| f["event"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["joined"]
+    );
+    assert_eq!(reply["data"], json!({"ok": true, "room": "s"}));
+    assert_eq!(ann.expect("userLeft")["id"], bob.id.as_str());
+    ann.assert_quiet();
+}
+
+#[test]
+fn one_order_and_gap_free_seq_with_concurrent_senders_on_every_node() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let nodes = [redis.node(), redis.node()];
+    const SENDERS_PER_NODE: usize = 3;
+    const EACH: usize = 150;
+    const TOTAL: usize = 2 * SENDERS_PER_NODE * EACH;
+    // a quiet member per node, and the senders
+    let mut watchers: Vec<Client> = nodes.iter().map(|n| n.member("watch", "busy")).collect();
+    let senders: Vec<Client> = (0..SENDERS_PER_NODE * 2)
+        .map(|i| nodes[i % 2].member(&format!("s{i}"), "busy"))
+        .collect();
+    let mut handles = Vec::new();
+    for (i, mut s) in senders.into_iter().enumerate() {
+        handles.push(thread::spawn(move || {
+            let mut seen = Vec::new();
+            for n in 0..EACH {
+                let (frames, reply) = s.request("chatMessage", json!({"text": format!("{i}:{n}")}));
+                assert_eq!(reply["event"], "ack", "{reply}");
+                seen.extend(
+                    frames
+                        .into_iter()
+                        .filter(|f| f["event"] == "chatMessage")
+                        .map(|f| f["data"].clone()),
+                );
+            }
+            while seen.len() < TOTAL {
+                seen.push(next_chat(&mut s));
+            }
+            seen
+        }));
+    }
+    let mut runs: Vec<Vec<Value>> = watchers
+        .iter_mut()
+        .map(|w| (0..TOTAL).map(|_| next_chat(w)).collect())
+        .collect();
+    runs.extend(handles.into_iter().map(|h| h.join().unwrap()));
+    let key = |m: &Value| {
+        (
+            m["seq"].as_u64().unwrap(),
+            m["id"].to_string(),
+            m["text"].to_string(),
+        )
+    };
+    let first: Vec<_> = runs[0].iter().map(key).collect();
+    let seqs: Vec<u64> = first.iter().map(|k| k.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=TOTAL as u64).collect::<Vec<_>>(),
+        "gap-free from 1"
+    );
+    for run in &runs[1..] {
+        assert_eq!(
+            run.iter().map(key).collect::<Vec<_>>(),
+            first,
+            "one order for every member"
+        );
+    }
+}
+
+#[test]
+fn a_join_while_another_node_sends_gets_history_and_live_contiguous_50_times() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(), redis.node());
+    let mut sender = b.member("sender", "race");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let sending = thread::spawn(move || {
+        let mut n = 0u64;
+        while !stop2.load(Ordering::Relaxed) {
+            n += 1;
+            sender.say(&format!("m{n}"));
+        }
+        n
+    });
+    let mut joiner = a.client();
+    for round in 0..50 {
+        let joined = joiner.join("j", "race");
+        let last = joined["history"]
+            .as_array()
+            .unwrap()
+            .last()
+            .map_or(0, |m| m["seq"].as_u64().unwrap());
+        let live = next_chat(&mut joiner)["seq"].as_u64().unwrap();
+        assert_eq!(
+            live,
+            last + 1,
+            "round {round}: history ends at {last}, live starts at {live}"
+        );
+        joiner.ok("leaveRoom", json!(null));
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(sending.join().unwrap() > 50);
+}
+
+#[test]
+fn ids_are_unique_across_nodes_and_across_a_redis_that_came_back_empty() {
+    let Some(mut redis) = TestRedis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(), redis.node());
+    let mut old: Vec<Client> = (0..200)
+        .map(|i| if i % 2 == 0 { a.client() } else { b.client() })
+        .collect();
+    let mut ids: HashSet<String> = old.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(ids.len(), 200);
+    redis.restart();
+    for node in [&a, &b] {
+        eventually(Duration::from_secs(5), "node back", || {
+            node.get("/healthz").status == 200
+        });
+    }
+    for i in 0..200 {
+        let c = if i % 2 == 0 { a.client() } else { b.client() };
+        assert!(ids.insert(c.id.clone()), "id {} handed out twice", c.id);
+    }
+    // the clients from before are still connected, with their ids
+    old[0].assert_quiet();
+    assert_eq!(old[1].join("x", "after")["id"], old[1].id.as_str());
+}
+
+#[test]
+fn a_room_empty_everywhere_is_dropped_with_its_keys_and_starts_again_at_1() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(), redis.node());
+    let mut ann = a.member("ann", "tmp");
+    let mut bob = b.member("bob", "tmp");
+    ann.say("1");
+    bob.say("2");
+    ann.ok("leaveRoom", json!(null));
+    drop(bob); // a disconnect leaves too
+    let empty = json!({"rooms": []}).to_string();
+    for node in [&a, &b] {
+        eventually(Duration::from_secs(5), "room dropped", || {
+            rooms(node) == (200, empty.clone())
+        });
+    }
+    eventually(Duration::from_secs(5), "keys gone", || {
+        redis.keys().iter().all(|k| k.starts_with("roomchat:x:"))
+    });
+    assert_eq!(a.metric("roomchat_rooms") + b.metric("roomchat_rooms"), 0);
+    let mut cy = b.member("cy", "tmp");
+    assert!(cy.join("cy", "tmp")["history"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(cy.say("again"), 1);
+}
+
+#[test]
+fn a_killed_nodes_members_leave_for_everyone_else() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let a = redis.node();
+    let mut doomed = NodeProcess::start(&redis.url, &[]);
+    let mut ann = a.member("ann", "r");
+    let mut victim = Client::connect(&doomed.ws_url());
+    victim.join("victim", "r");
+    victim.say("last words");
+    assert_eq!(ann.expect("userJoined")["id"], victim.id.as_str());
+    assert_eq!(next_chat(&mut ann)["text"], "last words");
+    let tag = victim.id.split('-').next().unwrap().to_owned();
+    assert!(redis.keys().contains(&format!("roomchat:node:{tag}")));
+
+    doomed.kill(); // SIGKILL: no goodbye
+    let started = Instant::now();
+    let left = ann.expect("userLeft");
+    assert_eq!(left["id"], victim.id.as_str());
+    // 8 missed heartbeats of 100 ms here; 8 s with the default 1 s, + 1 s to reap
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    eventually(Duration::from_secs(5), "the dead node's keys gone", || {
+        let keys = redis.keys();
+        !keys.contains(&format!("roomchat:node:{tag}"))
+    });
+    assert_eq!(
+        rooms(&a).1,
+        json!({"rooms": [{"name": "r", "users": 1}]}).to_string()
+    );
+}
+
+#[test]
+fn a_node_shut_down_takes_its_members_out_at_once() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let a = redis.node();
+    let b = redis.node();
+    let mut ann = a.member("ann", "r");
+    let _bob = b.member("bob", "r");
+    ann.expect("userJoined");
+    let started = Instant::now();
+    drop(b); // Server::shutdown: one reap of its own members
+    assert_eq!(ann.expect("userLeft")["username"], "bob");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn redis_lost_then_back_empty_unavailable_503_then_1012_and_service_again() {
+    let _ = env_logger::builder()
+        .is_test(true)
+        .filter_level(log::LevelFilter::Info)
+        .try_init();
+    let Some(mut redis) = TestRedis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(), redis.node());
+    let mut ann = a.member("ann", "r");
+    let mut bob = b.member("bob", "r");
+    ann.expect("userJoined");
+    let mut carl = a.client(); // connected, in no room
+    let carl_id = carl.id.clone();
+
+    redis.kill();
+    // noticed within 5 s (here at once, or by the next heartbeat)
+    let (_, reply) = ann.request("chatMessage", json!({"text": "into the void"}));
+    assert_eq!(reply["data"]["code"], "unavailable", "{reply}");
+    assert!(reply["ack"].is_u64());
+    for node in [&a, &b] {
+        eventually(Duration::from_secs(5), "healthz 503", || {
+            node.get("/healthz").status == 503
+        });
+        assert_eq!(node.get("/healthz").body, "unavailable");
+        assert_eq!(rooms(node).0, 503);
+        assert_eq!(node.metric("roomchat_redis_up"), 0);
+    }
+    for (on_b, event, data) in [
+        (false, "joinRoom", json!({"username": "carl", "room": "r"})),
+        (true, "typing", json!({"typing": true})),
+        (true, "leaveRoom", json!(null)),
+    ] {
+        let client = if on_b { &mut bob } else { &mut carl };
+        let started = Instant::now();
+        let (frames, reply) = client.request(event, data);
+        assert!(frames.is_empty(), "nothing delivered: {frames:?}");
+        assert_eq!(reply["data"]["code"], "unavailable", "{event}: {reply}");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "answered at once"
+        );
+    }
+    // validation still answers first, and needs no Redis
+    carl.send(json!({"event": "chatMessage", "data": {"text": "x"}, "ack": 9}));
+    carl.expect_error("not_in_room");
+    // on a: ann's chat and carl's join unavailable, carl's not_in_room
+    assert_eq!(a.metric("roomchat_errors_total"), 3);
+
+    redis.restart(); // back, empty
+    for node in [&a, &b] {
+        let took = eventually(Duration::from_secs(5), "healthz 200", || {
+            node.get("/healthz").status == 200
+        });
+        assert!(took < Duration::from_secs(5));
+        assert_eq!(node.metric("roomchat_redis_up"), 1);
+    }
+    // the room's state was lost: its members are told to rejoin
+    assert_eq!(ann.expect_close(), Some(1012));
+    assert_eq!(bob.expect_close(), Some(1012));
+    // the others go on, with their ids; the room starts again
+    let joined = carl.join("carl", "r");
+    assert_eq!(joined["id"], carl_id.as_str());
+    assert_eq!(joined["users"].as_array().unwrap().len(), 1);
+    let mut dave = b.member("dave", "r");
+    assert_ne!(dave.id, carl_id);
+    assert_eq!(carl.say("fresh"), 1);
+    assert_eq!(next_chat(&mut dave)["text"], "fresh");
+}
+
+#[test]
+fn a_stopped_redis_bounds_every_wait_and_members_stay_gap_free_or_get_1012() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(), redis.node());
+    let mut ann = a.member("ann", "r");
+    let mut bob = b.member("bob", "r");
+    ann.expect("userJoined");
+    assert_eq!(ann.say("before"), 1);
+    assert_eq!(next_chat(&mut bob)["seq"], 1);
+
+    redis.signal("-STOP");
+    let stopped = Instant::now();
+    let mut unavailable = 0;
+    while stopped.elapsed() < Duration::from_millis(2500) {
+        let sent = Instant::now();
+        let (_, reply) = ann.request("chatMessage", json!({"text": "during"}));
+        let took = sent.elapsed();
+        assert!(
+            took < Duration::from_millis(1500),
+            "a request waited {took:?}"
+        );
+        if reply["event"] == "error" {
+            assert_eq!(reply["data"]["code"], "unavailable");
+            unavailable += 1;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(unavailable > 0);
+    for node in [&a, &b] {
+        let started = Instant::now();
+        assert_eq!(node.get("/healthz").status, 503);
+        assert_eq!(rooms(node).0, 503, "answered without waiting for Redis");
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    redis.signal("-CONT");
+    let back = eventually(Duration::from_secs(5), "serving again", || {
+        let (_, reply) = ann.request("chatMessage", json!({"text": "after"}));
+        reply["event"] == "ack"
+    });
+    assert!(back < Duration::from_secs(5));
+    // bob: every seq after 1, gap-free, up to ann's last (or a 1012)
+    let last = ann.say("last");
+    let mut expected = 2;
+    loop {
+        let frame = bob.recv();
+        if frame["event"] != "chatMessage" {
+            continue;
+        }
+        let seq = frame["data"]["seq"].as_u64().unwrap();
+        assert_eq!(seq, expected, "gap in bob's run");
+        if seq == last {
+            break;
+        }
+        expected += 1;
+    }
+}
+
+/// Traffic from node b into a room watched on node a while `disturb` runs;
+/// every watcher's run must be gap-free up to the end, or end in 1012.
+fn watch_under(redis: &TestRedis, disturb: impl FnOnce(&TestRedis) + Send) -> (u64, usize) {
+    let (a, b) = (redis.node(), redis.node());
+    let mut watchers: Vec<Client> = (0..3).map(|i| a.member(&format!("w{i}"), "big")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for i in 0..3 {
+        let mut s = b.member(&format!("s{i}"), "big");
+        let stop = Arc::clone(&stop);
+        senders.push(thread::spawn(move || {
+            let text = "x".repeat(1500);
+            let mut last = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (_, reply) = s.request("chatMessage", json!({ "text": text }));
+                if let Some(seq) = reply["data"]["seq"].as_u64() {
+                    last = last.max(seq);
+                }
+            }
+            last
+        }));
+    }
+    thread::scope(|scope| {
+        scope.spawn(|| disturb(redis));
+    });
+    stop.store(true, Ordering::Relaxed);
+    let last = senders
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .max()
+        .unwrap();
+    let mut closed = 0;
+    for w in &mut watchers {
+        let mut expected = None;
+        loop {
+            match w.ws.read() {
+                Ok(tungstenite::Message::Text(text)) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if frame["event"] != "chatMessage" {
+                        continue;
+                    }
+                    let seq = frame["data"]["seq"].as_u64().unwrap();
+                    if let Some(e) = expected {
+                        assert_eq!(seq, e, "a silent gap");
+                    }
+                    if seq == last {
+                        break;
+                    }
+                    expected = Some(seq + 1);
+                }
+                Ok(tungstenite::Message::Close(frame)) => {
+                    assert_eq!(frame.map(|f| u16::from(f.code)), Some(1012));
+                    closed += 1;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("watcher: {e}"),
+            }
+        }
+    }
+    (a.metric("roomchat_cluster_repairs_total"), closed)
+}
+
+#[test]
+fn a_killed_subscriber_connection_is_repaired_or_closes_1012_never_a_silent_gap() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (repairs, closed) = watch_under(&redis, |redis| {
+        thread::sleep(Duration::from_millis(200));
+        for _ in 0..10 {
+            redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    eprintln!("repairs {repairs}, watchers closed {closed}");
+}
+
+#[test]
+fn a_subscriber_over_its_output_buffer_is_repaired_or_closes_1012() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    redis.cmd(&[
+        "CONFIG",
+        "SET",
+        "client-output-buffer-limit",
+        "pubsub 8kb 4kb 1",
+    ]);
+    let (repairs, closed) = watch_under(&redis, |_| thread::sleep(Duration::from_millis(1500)));
+    eprintln!("repairs {repairs}, watchers closed {closed}");
+}
+
+/// The next Engine.IO text packet, server pings skipped.
+fn sio_recv(sio: &mut RawSocket) -> String {
+    loop {
+        let (first, payload) = sio.read_frame().expect("a packet");
+        if first & 0x0f == 0x1 {
+            let text = String::from_utf8(payload).unwrap();
+            if text != "2" {
+                return text;
+            }
+        }
+    }
+}
+
+fn sio_send(sio: &mut RawSocket, packet: &str) {
+    sio.send(&RawSocket::frame(0x81, packet.as_bytes(), true));
+}
+
+#[test]
+fn socketio_and_native_clients_on_two_nodes_share_one_room() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(), redis.node());
+    let mut sio = RawSocket::upgrade(a.ws, "/socket.io/?EIO=4&transport=websocket");
+    assert!(sio_recv(&mut sio).starts_with('0'));
+    sio_send(&mut sio, "40");
+    assert!(sio_recv(&mut sio).starts_with("40"));
+    let connected = sio_recv(&mut sio);
+    assert!(connected.starts_with("42[\"connected\""), "{connected}");
+    let mut nat = b.member("nat", "mixed");
+    sio_send(
+        &mut sio,
+        r#"421["joinRoom",{"username":"sio","room":"mixed"}]"#,
+    );
+    assert!(sio_recv(&mut sio).starts_with("42[\"joined\""));
+    assert_eq!(sio_recv(&mut sio), r#"431[{"ok":true,"room":"mixed"}]"#);
+    assert_eq!(nat.expect("userJoined")["username"], "sio");
+    sio_send(&mut sio, r#"422["chatMessage","from socket.io"]"#);
+    let echo = sio_recv(&mut sio);
+    assert!(
+        echo.starts_with("42[\"chatMessage\"") && echo.contains("\"seq\":1"),
+        "{echo}"
+    );
+    assert_eq!(
+        sio_recv(&mut sio),
+        r#"432[{"ok":true,"seq":1}]"#,
+        "the ack after the echo"
+    );
+    assert_eq!(nat.expect("chatMessage")["text"], "from socket.io");
+    assert_eq!(nat.say("from native"), 2);
+    let chat = sio_recv(&mut sio);
+    assert!(
+        chat.contains("\"seq\":2") && chat.contains("from native"),
+        "{chat}"
+    );
+}
+
+#[test]
+fn startup_without_a_reachable_redis_exits_1_naming_the_url() {
+    if !std::path::Path::new(common::redis::REDIS_SERVER).exists() {
+        eprintln!("SKIPPED: redis-server not found");
+    }
+    let dir = std::env::temp_dir().join(format!("roomchat-noredis-{}", std::process::id()));
+    let url = format!("unix://{}/nothing.sock", dir.display());
+    let started = Instant::now();
+    let output = NodeProcess::spawn(&url, &[]).wait_with_output().unwrap();
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty(), "no banner");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    // a URL that is not one is refused at once
+    let output = NodeProcess::spawn("http://nope", &[])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("http://nope"));
+}

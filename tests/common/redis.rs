@@ -1,0 +1,229 @@
+//! A private redis-server per test, on a Unix socket in a temp folder, and
+//! cluster nodes that use it. Each test starts its own Redis, so tests run
+//! in parallel and may kill theirs; it is stopped by its PID, never by name,
+//! and a system Redis is never touched.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::TestServer;
+
+pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// The cluster's heartbeat period in tests: a dead node is out after 8 of
+/// them (0.8 s instead of 8 s), a down Redis is retried every 50 ms.
+pub const TICK: Duration = Duration::from_millis(100);
+
+pub struct TestRedis {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub url: String,
+}
+
+impl TestRedis {
+    /// A fresh, empty Redis; None (with a message) when redis-server is not
+    /// installed, so that the test can skip.
+    pub fn start() -> Option<TestRedis> {
+        if !std::path::Path::new(REDIS_SERVER).exists() {
+            eprintln!("SKIPPED: {REDIS_SERVER} not found (apt-get install redis-server)");
+            return None;
+        }
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "roomchat-redis-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("unix://{}", dir.join("redis.sock").display());
+        let mut redis = TestRedis {
+            child: None,
+            dir,
+            url,
+        };
+        redis.launch();
+        Some(redis)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    /// Starts redis-server (empty: no persistence) and waits for its PING.
+    fn launch(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let child = Command::new(REDIS_SERVER)
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.try_cmd(&["PING"]).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not answer PING within 5 s");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill it and start an empty one on the same socket.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn try_cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let mut con = client.get_connection_with_timeout(Duration::from_secs(1))?;
+        con.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut con)
+    }
+
+    /// A command's reply (panics if Redis refuses).
+    pub fn cmd(&self, args: &[&str]) -> redis::Value {
+        self.try_cmd(args).unwrap()
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = redis::from_redis_value(self.cmd(&["KEYS", "*"])).unwrap();
+        keys.sort();
+        keys
+    }
+
+    /// A cluster node on this Redis, in this process.
+    pub fn node(&self) -> TestServer {
+        self.node_with(|_| {})
+    }
+
+    pub fn node_with(&self, adjust: impl FnOnce(&mut roomchat::Config)) -> TestServer {
+        let url = self.url.clone();
+        TestServer::with(move |c| {
+            c.redis = Some(url);
+            c.redis_tick = TICK;
+            c.rate_limit = roomchat::config::RateLimit(None);
+            adjust(c);
+        })
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped Redis does not die of SIGKILL until continued.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `roomchat` binary as a cluster node, for what needs a process: a
+/// SIGKILL, an exit status. Killed on drop if still running.
+pub struct NodeProcess {
+    pub child: Child,
+    pub http: u16,
+    pub ws: u16,
+}
+
+impl NodeProcess {
+    pub fn start(redis_url: &str, extra: &[&str]) -> NodeProcess {
+        let mut child = NodeProcess::spawn(redis_url, extra);
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = |scheme: &str| -> u16 {
+            let at = line
+                .find(scheme)
+                .unwrap_or_else(|| panic!("{scheme} in {line:?}"));
+            let rest = &line[at + scheme.len()..];
+            let digits: String = rest
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().unwrap()
+        };
+        NodeProcess {
+            http: port("http://"),
+            ws: port("ws://"),
+            child,
+        }
+    }
+
+    pub fn spawn(redis_url: &str, extra: &[&str]) -> Child {
+        let tick = TICK.as_millis().to_string();
+        Command::new(env!("CARGO_BIN_EXE_roomchat"))
+            .args(["--http-port", "0", "--ws-port", "0", "--rate-limit", "off"])
+            .args(["--redis", redis_url, "--redis-tick-ms", &tick])
+            .args(extra)
+            .env_remove("CHAT_REDIS")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.ws)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
