@@ -179,10 +179,15 @@ pub(crate) fn next_message(ws: &mut Socket, id: impl std::fmt::Display) -> Resul
                 stream.deadline = Instant::now() + stream.idle_timeout;
                 return Ok(message);
             }
+            // Interrupted: a read with a timeout fails with EINTR after the
+            // process was stopped and continued (SIGSTOP, SIGCONT), which
+            // must not cost every client its connection.
             Err(WsError::Io(e))
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
                 let stream = ws.get_ref();

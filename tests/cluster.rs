@@ -511,11 +511,85 @@ fn a_stopped_redis_bounds_every_wait_and_members_stay_gap_free_or_get_1012() {
     }
 }
 
-/// Traffic from node b into a room watched on node a while `disturb` runs;
-/// every watcher's run must be gap-free up to the end, or end in 1012.
-fn watch_under(redis: &TestRedis, disturb: impl FnOnce(&TestRedis) + Send) -> (u64, usize) {
-    let (a, b) = (redis.node(), redis.node());
-    let mut watchers: Vec<Client> = (0..3).map(|i| a.member(&format!("w{i}"), "big")).collect();
+/// Sends a request and reads up to its reply; None if the server closed
+/// the connection instead (a 1012 is a legitimate answer here).
+fn try_request(c: &mut Client, event: &str, data: Value) -> Option<Value> {
+    c.send(json!({"event": event, "data": data, "ack": 1}));
+    loop {
+        match c.ws.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["ack"] == 1 {
+                    return Some(frame);
+                }
+            }
+            Ok(tungstenite::Message::Close(frame)) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1012));
+                return None;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Traffic from node b into a room watched on another node (`watched`: its
+/// WebSocket URL and its repairs counter) while `disturb` runs. Every
+/// member's run of `seq` must be gap-free up to the last message sent, or
+/// end in a 1012. Returns the watched node's repairs and the watchers closed.
+fn watch_under(
+    redis: &TestRedis,
+    watched: (&str, &dyn Fn() -> u64),
+    disturb: impl FnOnce() + Send,
+) -> (u64, usize) {
+    let b = redis.node();
+    // The last seq sent, once the senders have stopped (0 before).
+    let last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watchers: Vec<_> = (0..3)
+        .map(|i| {
+            let mut w = Client::connect(watched.0);
+            w.join(&format!("w{i}"), "big");
+            w.ws.get_mut()
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let last = Arc::clone(&last);
+            // Each reads all along, as a client does: a watcher that did
+            // not would be cut off as a slow consumer.
+            thread::spawn(move || {
+                let mut seen = 0;
+                let give_up = Instant::now() + Duration::from_secs(20);
+                loop {
+                    assert!(Instant::now() < give_up, "watcher stuck at seq {seen}");
+                    match w.ws.read() {
+                        Ok(tungstenite::Message::Text(text)) => {
+                            let frame: Value = serde_json::from_str(&text).unwrap();
+                            if frame["event"] != "chatMessage" {
+                                continue;
+                            }
+                            let seq = frame["data"]["seq"].as_u64().unwrap();
+                            assert!(
+                                seen == 0 || seq == seen + 1,
+                                "a silent gap: {seen} then {seq}"
+                            );
+                            seen = seq;
+                        }
+                        Ok(tungstenite::Message::Close(frame)) => {
+                            assert_eq!(frame.map(|f| u16::from(f.code)), Some(1012));
+                            return true;
+                        }
+                        Ok(_) => {}
+                        Err(tungstenite::Error::Io(e))
+                            if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("watcher: {e}"),
+                    }
+                    let target = last.load(Ordering::SeqCst);
+                    if target != 0 && seen >= target {
+                        return false;
+                    }
+                }
+            })
+        })
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     for i in 0..3 {
@@ -525,53 +599,29 @@ fn watch_under(redis: &TestRedis, disturb: impl FnOnce(&TestRedis) + Send) -> (u
             let text = "x".repeat(1500);
             let mut last = 0;
             while !stop.load(Ordering::Relaxed) {
-                let (_, reply) = s.request("chatMessage", json!({ "text": text }));
-                if let Some(seq) = reply["data"]["seq"].as_u64() {
-                    last = last.max(seq);
+                match try_request(&mut s, "chatMessage", json!({ "text": text })) {
+                    Some(reply) => last = last.max(reply["data"]["seq"].as_u64().unwrap_or(0)),
+                    None => break, // this sender's room was lost here: 1012
                 }
             }
             last
         }));
     }
-    thread::scope(|scope| {
-        scope.spawn(|| disturb(redis));
-    });
+    disturb();
     stop.store(true, Ordering::Relaxed);
-    let last = senders
+    let sent = senders
         .into_iter()
         .map(|h| h.join().unwrap())
         .max()
         .unwrap();
-    let mut closed = 0;
-    for w in &mut watchers {
-        let mut expected = None;
-        loop {
-            match w.ws.read() {
-                Ok(tungstenite::Message::Text(text)) => {
-                    let frame: Value = serde_json::from_str(&text).unwrap();
-                    if frame["event"] != "chatMessage" {
-                        continue;
-                    }
-                    let seq = frame["data"]["seq"].as_u64().unwrap();
-                    if let Some(e) = expected {
-                        assert_eq!(seq, e, "a silent gap");
-                    }
-                    if seq == last {
-                        break;
-                    }
-                    expected = Some(seq + 1);
-                }
-                Ok(tungstenite::Message::Close(frame)) => {
-                    assert_eq!(frame.map(|f| u16::from(f.code)), Some(1012));
-                    closed += 1;
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => panic!("watcher: {e}"),
-            }
-        }
-    }
-    (a.metric("roomchat_cluster_repairs_total"), closed)
+    last.store(sent.max(1), Ordering::SeqCst);
+    let repairs = watched.1();
+    let closed = watchers
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|c| *c)
+        .count();
+    (repairs, closed)
 }
 
 #[test]
@@ -579,7 +629,10 @@ fn a_killed_subscriber_connection_is_repaired_or_closes_1012_never_a_silent_gap(
     let Some(redis) = TestRedis::start() else {
         return;
     };
-    let (repairs, closed) = watch_under(&redis, |redis| {
+    let a = redis.node();
+    let url = format!("ws://{}/ws", a.ws);
+    let repairs = || a.metric("roomchat_cluster_repairs_total");
+    let (repairs, closed) = watch_under(&redis, (&url, &repairs), || {
         thread::sleep(Duration::from_millis(200));
         for _ in 0..10 {
             redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
@@ -587,6 +640,7 @@ fn a_killed_subscriber_connection_is_repaired_or_closes_1012_never_a_silent_gap(
         }
     });
     eprintln!("repairs {repairs}, watchers closed {closed}");
+    assert!(repairs > 0 || closed > 0, "the kills went unnoticed");
 }
 
 #[test]
@@ -598,10 +652,38 @@ fn a_subscriber_over_its_output_buffer_is_repaired_or_closes_1012() {
         "CONFIG",
         "SET",
         "client-output-buffer-limit",
-        "pubsub 8kb 4kb 1",
+        "pubsub 16kb 8kb 1",
     ]);
-    let (repairs, closed) = watch_under(&redis, |_| thread::sleep(Duration::from_millis(1500)));
+    // The watched node is a process, so that it can be paused: Redis then
+    // cuts its subscriber as the room's traffic piles up past 16 KB.
+    let node = NodeProcess::start(&redis.url, &[]);
+    let url = node.ws_url();
+    let http: std::net::SocketAddr = ([127, 0, 0, 1], node.http).into();
+    let repairs = || {
+        let body = common::raw_http(
+            http,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .body;
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("roomchat_cluster_repairs_total "))
+            .unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (repairs, closed) = watch_under(&redis, (&url, &repairs), || {
+        for _ in 0..3 {
+            thread::sleep(Duration::from_millis(150));
+            node.signal("-STOP");
+            thread::sleep(Duration::from_millis(300));
+            node.signal("-CONT");
+        }
+    });
     eprintln!("repairs {repairs}, watchers closed {closed}");
+    assert!(
+        repairs > 0 || closed > 0,
+        "the subscriber was never cut off"
+    );
 }
 
 /// The next Engine.IO text packet, server pings skipped.

@@ -329,19 +329,28 @@ impl State {
     }
 
     /// A room's state was lost (recreated, deleted, or beyond repair): its
-    /// local members get 1012 and the node forgets it.
+    /// local members get 1012 and the node forgets it. Their memberships go
+    /// to the janitor: where the room still exists (events lost beyond its
+    /// log) they are real and must leave; where it does not, the leave finds
+    /// nothing and does nothing.
     pub(crate) fn lose(&mut self, name: &str, fx: &mut Effects) {
         let Some(room) = self.rooms.remove(name) else {
             return;
         };
         fx.lost += 1;
-        for (_, client) in self.clients.iter_mut() {
+        for (id, client) in self.clients.iter_mut() {
             let here = client
                 .membership
                 .as_ref()
                 .is_some_and(|m| m.room == name && m.epoch == room.epoch);
             if here || client.joining.as_deref() == Some(name) {
-                client.membership = None;
+                if let Some(m) = client.membership.take() {
+                    fx.leaves.push(Leave {
+                        id: *id,
+                        room: m.room,
+                        epoch: m.epoch,
+                    });
+                }
                 if !client.closed {
                     client.closed = true;
                     fx.closes.push(Arc::clone(&client.mailbox));

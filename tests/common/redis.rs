@@ -207,7 +207,10 @@ impl NodeProcess {
             .env_remove("CHAT_REDIS")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(match std::env::var_os("ROOMCHAT_NODE_LOG") {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::piped(),
+            })
             .spawn()
             .unwrap()
     }
@@ -220,10 +223,23 @@ impl NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends a signal by PID (`-STOP`, `-CONT`, `-TERM`).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
 }
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
         self.kill();
     }
 }
