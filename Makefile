@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: help run build test check fmt e2e socketio bench fuzz soak ci clean
+.PHONY: help run cluster build test cluster-test check fmt e2e socketio bench fuzz soak ci clean
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -10,11 +10,17 @@ help: ## this list
 run: ## start the server on http://localhost:3000 (extra flags: make run ARGS="--history 100")
 	$(CARGO) run --release --bin roomchat -- $(ARGS)
 
+cluster: ## a local redis-server and two nodes sharing it, http://localhost:3000 and :3002 (needs redis-server)
+	scripts/cluster.sh $(ARGS)
+
 build: ## debug build of the server (what the browser and Socket.IO tests drive)
 	$(CARGO) build -p roomchat
 
-test: ## unit and integration tests over real loopback sockets (about a minute)
+test: ## unit and integration tests over real loopback sockets, the cluster's too (about a minute)
 	$(CARGO) test --workspace
+
+cluster-test: ## only the cluster tests: each starts its own redis-server (skipped, with a message, without one)
+	$(CARGO) test --test cluster
 
 check: ## formatting and lints, warnings are errors
 	$(CARGO) fmt --all -- --check
