@@ -154,8 +154,11 @@ impl Session {
         }
     }
 
-    /// Answers a bad request with an `error` event.
+    /// Answers a bad request with an `error` event, after whatever the
+    /// client's earlier requests caused (in a cluster those may still be on
+    /// their way).
     fn reject(&mut self, rejection: Rejection) {
+        self.shared.rooms.settle(self.id);
         let (code, message) = (rejection.code.as_str(), &rejection.message);
         debug!("client {}: {code} ({message})", self.id);
         self.shared.metrics.error_sent(rejection.code);

@@ -214,6 +214,15 @@ impl Rooms {
         }
     }
 
+    /// Returns once every frame the client's requests caused for it is
+    /// queued (a cluster node delivers them from its subscriber thread); the
+    /// reader calls it before queuing an answer of its own.
+    pub(crate) fn settle(&self, id: ClientId) {
+        if let Rooms::Cluster(c) = self {
+            c.settle(id);
+        }
+    }
+
     /// `/api/rooms`: rooms and member counts sorted by name, the cluster's
     /// in a cluster; `Unavailable` while Redis is unreachable.
     pub(crate) fn list(&self) -> Result<Vec<(String, usize)>, Refused> {

@@ -7,7 +7,10 @@
 #
 # Knobs (environment):
 #   RUNS=3            runs per case and server (the tables show medians)
-#   CASES="light fanout fanout10 big conns churn"   which cases to run
+#   CASES="light fanout fanout10 big conns churn"   which cases to run; add
+#                     `cluster` for roomchat as 2 nodes + Redis against one
+#                     node, side by side (1 × 100 fan-out and light load;
+#                     needs redis-server)
 #   SERVERS="roomchat-native roomchat-socketio"     roomchat's two front doors
 #   PEERS="seed-socketio socketioxide-chat"         peers; PEERS= for none
 #   PIN="pinned shared"   for the cases measured both ways: pinned (server on
@@ -105,10 +108,19 @@ results="$OUT/results-$stamp.jsonl"
 log="$OUT/server-$stamp.log"
 tmp=$(mktemp -d)
 server_pid=""
+cluster_pids=()
 failures=0
 peer_failures=0
 
 stop_server() {
+    # A cluster: the nodes first (each takes its members out of Redis), then Redis.
+    if [ "${#cluster_pids[@]}" -gt 0 ]; then
+        kill "${cluster_pids[@]:1}" 2>/dev/null || true
+        for pid in "${cluster_pids[@]:1}"; do wait "$pid" 2>/dev/null || true; done
+        kill "${cluster_pids[0]}" 2>/dev/null || true
+        wait "${cluster_pids[0]}" 2>/dev/null || true
+        cluster_pids=()
+    fi
     if [ -n "$server_pid" ]; then
         kill "$server_pid" 2>/dev/null || true
         for _ in $(seq 50); do
@@ -123,13 +135,46 @@ stop_server() {
 trap 'stop_server; restore_maps; rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
 
-# start_server NAME PINNED: sets server_pid, url and protocol.
+# start_cluster: a private redis-server on a Unix socket and two roomchat
+# nodes sharing it; sets cluster_pids (Redis first) and urls (both nodes).
+start_cluster() {
+    local redis=${REDIS_SERVER:-/usr/bin/redis-server} dir="$tmp/redis"
+    mkdir -p "$dir"
+    rm -f "$dir/redis.sock"
+    "$redis" --port 0 --unixsocket "$dir/redis.sock" --unixsocketperm 700 --save '' \
+        --appendonly no --dir "$dir" >>"$log" 2>&1 &
+    cluster_pids=($!)
+    for _ in $(seq 100); do [ -S "$dir/redis.sock" ] && break; sleep 0.05; done
+    urls=()
+    for n in 1 2; do
+        : >"$tmp/out$n"
+        RUST_LOG=${RUST_LOG:-warn} "$SERVER" --host 127.0.0.1 --http-port 0 --ws-port 0 \
+            --rate-limit off --max-connections 20000 --redis "unix://$dir/redis.sock" \
+            >"$tmp/out$n" 2>>"$log" &
+        cluster_pids+=($!)
+    done
+    for n in 1 2; do
+        for _ in $(seq 150); do
+            grep -q 'listening on' "$tmp/out$n" && break
+            sleep 0.1
+        done
+        urls+=(--url "$(grep -o 'ws://[^ )",]*' "$tmp/out$n" | head -n 1)")
+    done
+    protocol=native
+}
+
+# start_server NAME PINNED: sets server_pid (empty for a cluster), urls
+# (--url arguments) and protocol.
 start_server() {
     local name=$1 pinned=$2
     local pin=()
     [ "$pinned" = pinned ] && pin=(taskset -c 0)
     : >"$tmp/out"
     echo "== $name" >>"$log"
+    if [ "$name" = roomchat-cluster ]; then
+        start_cluster
+        return
+    fi
     case $name in
     roomchat-native | roomchat-socketio)
         protocol=${name#roomchat-}
@@ -163,6 +208,7 @@ start_server() {
         echo "bench: $name printed no listening line within 15 s; see $log" >&2
         exit 2
     fi
+    urls=(--url "$url")
 }
 
 # case_ LABEL PINNED SCENARIO ARGS...: every server, RUNS times, interleaved
@@ -178,7 +224,9 @@ case_() {
         for s in $ALL; do
             echo "bench: $label $s run $i/$RUNS" >&2
             start_server "$s" "$pinned"
-            if ! "${gen[@]}" "$BENCH" "$@" --url "$url" --server-pid "$server_pid" \
+            local pid=()
+            [ -n "$server_pid" ] && pid=(--server-pid "$server_pid")
+            if ! "${gen[@]}" "$BENCH" "$@" "${urls[@]}" "${pid[@]}" \
                 --protocol "$protocol" --server-name "$s" --label "$label" \
                 --json-out "$results" >"$tmp/run.txt"; then
                 case $s in
@@ -231,8 +279,21 @@ for c in $CASES; do
     churn)
         case_ churn shared churn --duration "$CHURN_SECS" --clients 32 --rooms 10 --flow echo
         ;;
+    cluster)
+        # roomchat as one node and as 2 nodes + Redis, interleaved run by
+        # run; members are dealt round-robin over the nodes (50 + 50), so
+        # every message crosses Redis to both. Shared cores only: three
+        # processes and the generator share the machine's two.
+        saved=$ALL
+        ALL="roomchat-native roomchat-cluster"
+        case_ cluster-fanout-1x100 shared fanout --rooms 1 --members 100 --senders 10 \
+            --window 8 --duration "$SECS" --messages 100000000 --flow echo
+        case_ cluster-light-1x100 shared fanout --rooms 1 --members 100 --senders 10 \
+            --rate 100 --messages "$(awk "BEGIN{print int($LIGHT_SECS * 10)}")" --flow echo
+        ALL=$saved
+        ;;
     *)
-        echo "bench: unknown case $c (light fanout fanout10 big conns churn)" >&2
+        echo "bench: unknown case $c (light fanout fanout10 big conns churn cluster)" >&2
         exit 2
         ;;
     esac

@@ -90,9 +90,10 @@ pub fn machine() -> String {
 }
 
 /// The servers in table order; socketioxide-chat is the baseline of the ratios.
-const SERVERS: [(&str, &str); 4] = [
+const SERVERS: [(&str, &str); 5] = [
     ("roomchat-native", "roomchat native"),
     ("roomchat-socketio", "roomchat Socket.IO"),
+    ("roomchat-cluster", "roomchat, 2 nodes + Redis"),
     ("seed-socketio", "seed-socketio (Node)"),
     ("socketioxide-chat", "socketioxide-chat"),
 ];

@@ -40,7 +40,7 @@ use crate::metrics::Metrics;
 use crate::rooms::{ClientId, Closing, Mailbox, Refused};
 use link::{Down, Link, Target, IO_TIMEOUT};
 use scripts::{Call, Outcome};
-use state::{json_string, Effects, Leave, Request, State, Waited};
+use state::{json_string, Barrier, Effects, Leave, Request, State, Waited};
 
 /// How long startup keeps trying to reach Redis before giving up.
 const STARTUP_WINDOW: Duration = Duration::from_secs(5);
@@ -49,6 +49,10 @@ const STARTUP_WINDOW: Duration = Duration::from_secs(5);
 /// neither receive nor repair, and the client then gets 1012 (its
 /// request's outcome is unknown).
 const BARRIER_WAIT: Duration = Duration::from_secs(5);
+/// A client's requests whose events may be on their way at once (see
+/// `Node::request`): enough to keep Redis busy, few enough that a client
+/// cannot queue work without bound.
+const MAX_IN_FLIGHT: u64 = 32;
 /// A request script does nothing once Redis's clock is this far past the
 /// moment the node sent it, so that a request answered `unavailable`
 /// (timed out) cannot take effect later when a stalled Redis wakes up.
@@ -219,31 +223,32 @@ impl Cluster {
         room: &str,
         ack: Option<u64>,
     ) -> Result<(), Refused> {
-        self.node.request(id, Some(room), ack, |node, req, call| {
-            let current = req
-                .membership
-                .as_ref()
-                .map(|m| (m.room.as_str(), m.epoch.as_str()));
-            let (username, room_json) = (json_string(username), json_string(room));
-            let epoch = random_tag(8);
-            let (outcome, _, kept) = node.link.call(|con| {
-                scripts::join(
-                    con, call, &node.tag, &username, room, &room_json, &epoch, current,
-                )
-            })?;
-            if !kept {
-                // The client's previous room had lost it: that room's state
-                // here is stale.
-                if let Some((old, _)) = current {
-                    let _ = node.resync_tx.send(old.to_owned());
+        self.node
+            .request(id, Some(room), true, ack, |node, req, call| {
+                let current = req
+                    .membership
+                    .as_ref()
+                    .map(|m| (m.room.as_str(), m.epoch.as_str()));
+                let (username, room_json) = (json_string(username), json_string(room));
+                let epoch = random_tag(8);
+                let (outcome, _, kept) = node.link.call(|con| {
+                    scripts::join(
+                        con, call, &node.tag, &username, room, &room_json, &epoch, current,
+                    )
+                })?;
+                if !kept {
+                    // The client's previous room had lost it: that room's state
+                    // here is stale.
+                    if let Some((old, _)) = current {
+                        let _ = node.resync_tx.send(old.to_owned());
+                    }
                 }
-            }
-            Ok(outcome)
-        })
+                Ok(outcome)
+            })
     }
 
     pub(crate) fn chat(&self, id: ClientId, text: &str, ack: Option<u64>) -> Result<(), Refused> {
-        self.node.request(id, None, ack, |node, req, call| {
+        self.node.request(id, None, false, ack, |node, req, call| {
             let m = req.membership.as_ref().expect("begin checked the room");
             // The chatMessage data as the single-node server writes it
             // (`protocol::ChatMessageData`), in two halves around the `seq`
@@ -268,7 +273,7 @@ impl Cluster {
         typing: bool,
         ack: Option<u64>,
     ) -> Result<(), Refused> {
-        self.node.request(id, None, ack, |node, req, call| {
+        self.node.request(id, None, false, ack, |node, req, call| {
             let m = req.membership.as_ref().expect("begin checked the room");
             let data = format!(
                 "{{\"room\":{},\"id\":\"{}\",\"username\":{},\"typing\":{typing}}}",
@@ -280,11 +285,21 @@ impl Cluster {
     }
 
     pub(crate) fn leave(&self, id: ClientId, ack: Option<u64>) -> Result<(), Refused> {
-        self.node.request(id, None, ack, |node, req, call| {
+        self.node.request(id, None, true, ack, |node, req, call| {
             let m = req.membership.as_ref().expect("begin checked the room");
             node.link
                 .call(|con| scripts::leave(con, call, &node.tag, &m.room, &m.epoch, true))
         })
+    }
+
+    /// Returns once every frame the client's requests so far caused for it
+    /// is queued: the reader calls it before it queues an answer of its
+    /// own, which must not overtake them.
+    pub(crate) fn settle(&self, id: ClientId) {
+        let issued = self.node.lock().issued(id);
+        if let Some((q, barrier)) = issued {
+            self.node.wait(id, &barrier, q);
+        }
     }
 
     /// `/api/rooms`: the cluster's rooms, or `Unavailable`.
@@ -390,17 +405,30 @@ impl Node {
     }
 
     /// Runs one room request: `not_in_room` (for all but a join) and
-    /// `unavailable` need no Redis; then the script, run by `script`; then
-    /// the wait for its event. The script's verdicts map onto the answers.
+    /// `unavailable` need no Redis; then the script, run by `script`. The
+    /// script's verdicts map onto the answers.
+    ///
+    /// A join or a leave (`settled`) returns once its event is applied here:
+    /// the client's next request needs its new membership. A chat message
+    /// or typing returns once Redis answered, so one client's messages are
+    /// numbered in the order sent and the next can go while this one's
+    /// echo is on its way; whatever the reader later queues itself (an
+    /// error) waits for them first (`settle`), so nothing overtakes an echo
+    /// or an ack. At most `MAX_IN_FLIGHT` of a client's requests are on
+    /// their way at once.
     fn request(
         &self,
         id: ClientId,
         join: Option<&str>,
+        settled: bool,
         ack: Option<u64>,
         script: impl FnOnce(&Node, &Request, &Call<'_>) -> Result<Outcome, Down>,
     ) -> Result<(), Refused> {
         let req = self.lock().begin(id, join)?;
-        let result = self.run(id, &req, ack, script);
+        if let Some(q) = req.in_flight.checked_sub(MAX_IN_FLIGHT) {
+            self.wait(id, &req.barrier, q);
+        }
+        let result = self.run(id, &req, settled, ack, script);
         self.lock().end(id);
         result
     }
@@ -409,6 +437,7 @@ impl Node {
         &self,
         id: ClientId,
         req: &Request,
+        settled: bool,
         ack: Option<u64>,
         script: impl FnOnce(&Node, &Request, &Call<'_>) -> Result<Outcome, Down>,
     ) -> Result<(), Refused> {
@@ -425,14 +454,11 @@ impl Node {
         };
         match script(self, req, &call).map_err(|Down| Refused::Unavailable)? {
             Outcome::Ok(_) => {
-                match req.barrier.wait(req.q, BARRIER_WAIT) {
-                    Waited::Applied | Waited::Broken => Ok(()),
-                    Waited::TimedOut => {
-                        warn!("client {id}: request {} not delivered within {BARRIER_WAIT:?}; closing it", req.q);
-                        self.close(id, false);
-                        Ok(())
-                    }
+                self.lock().sent(id, req.q);
+                if settled {
+                    self.wait(id, &req.barrier, req.q);
                 }
+                Ok(())
             }
             Outcome::Late | Outcome::NoNode => Err(Refused::Unavailable),
             Outcome::Stale | Outcome::Gone => {
@@ -445,6 +471,16 @@ impl Node {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Waits until the subscriber applied the client's request `q` (or
+    /// closed the client). Past `BARRIER_WAIT` the request's fate is
+    /// unknown: the client gets 1012.
+    fn wait(&self, id: ClientId, barrier: &Barrier, q: u64) {
+        if barrier.wait(q, BARRIER_WAIT) == Waited::TimedOut {
+            warn!("client {id}: request {q} not delivered within {BARRIER_WAIT:?}; closing it");
+            self.close(id, false);
         }
     }
 

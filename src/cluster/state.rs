@@ -49,6 +49,8 @@ pub(crate) struct Leave {
 pub(crate) struct Request {
     /// The request's number; the subscriber releases the barrier with it.
     pub(crate) q: u64,
+    /// The client's last request whose event is on its way (0: none).
+    pub(crate) in_flight: u64,
     pub(crate) membership: Option<Membership>,
     pub(crate) barrier: Arc<Barrier>,
 }
@@ -150,6 +152,8 @@ struct Client {
     barrier: Arc<Barrier>,
     /// The last request number handed out.
     q: u64,
+    /// The last request Redis carried out: its event is on its way, or applied.
+    sent: u64,
     /// The room a join in flight asks for.
     joining: Option<String>,
     /// Closed (1012) or cut off: its requests are refused, nothing more is pushed.
@@ -210,6 +214,7 @@ impl State {
                 membership: None,
                 barrier: Arc::default(),
                 q: 0,
+                sent: 0,
                 joining: None,
                 closed: false,
             },
@@ -261,9 +266,23 @@ impl State {
         client.joining = join.map(str::to_owned);
         Ok(Request {
             q: client.q,
+            in_flight: client.sent,
             membership: client.membership.clone(),
             barrier: Arc::clone(&client.barrier),
         })
+    }
+
+    /// Request `q` was carried out: its event will come.
+    pub(crate) fn sent(&mut self, id: ClientId, q: u64) {
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.sent = client.sent.max(q);
+        }
+    }
+
+    /// The client's last request carried out, and the barrier to wait for it at.
+    pub(crate) fn issued(&self, id: ClientId) -> Option<(u64, Arc<Barrier>)> {
+        let client = self.clients.get(&id)?;
+        (client.sent > 0).then(|| (client.sent, Arc::clone(&client.barrier)))
     }
 
     /// Ends a request, however it went.
