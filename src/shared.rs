@@ -376,6 +376,7 @@ mod tests {
             Capacity::for_clients(2),
             Arc::default(),
             Origins::new(Vec::new()),
+            None,
         );
         let (a, b) = (shared.admit(), shared.admit());
         assert!(a.is_some() && b.is_some());
