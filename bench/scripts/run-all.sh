@@ -315,9 +315,9 @@ if [ -n "$(git status --porcelain -- src Cargo.toml 2>/dev/null)" ]; then
     rev="$rev with uncommitted changes to the server"
 fi
 versions="node $(node --version 2>/dev/null || echo -), socket.io $(
-    sed -n 's/.*"version": "\(.*\)".*/\1/p' "$PEERS_DIR/seed-socketio/node_modules/socket.io/package.json" 2>/dev/null | head -n 1
+    sed -n 's/.*"version": "\(.*\)".*/\1/p' "$PEERS_DIR/seed-socketio/node_modules/socket.io/package.json" 2>/dev/null | head -n 1 || true
 ), socketioxide $(
-    grep -A1 '^name = "socketioxide"$' "$PEERS_DIR/socketioxide-chat/Cargo.lock" 2>/dev/null | sed -n 's/version = "\(.*\)"/\1/p'
+    grep -A1 '^name = "socketioxide"$' "$PEERS_DIR/socketioxide-chat/Cargo.lock" 2>/dev/null | sed -n 's/version = "\(.*\)"/\1/p' || true
 )"
 measured="roomchat $rev and its peers ($versions), $(date -u +%Y-%m-%d), $RUNS run(s) per case and server, medians"
 summary_args=(--measured "$measured" --command "$command_line")

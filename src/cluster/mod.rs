@@ -53,10 +53,6 @@ const BARRIER_WAIT: Duration = Duration::from_secs(5);
 /// `Node::request`): enough to keep Redis busy, few enough that a client
 /// cannot queue work without bound.
 const MAX_IN_FLIGHT: u64 = 32;
-/// A request script does nothing once Redis's clock is this far past the
-/// moment the node sent it, so that a request answered `unavailable`
-/// (timed out) cannot take effect later when a stalled Redis wakes up.
-const SCRIPT_DEADLINE_MS: i64 = 500;
 /// Shutdown's budget for taking this node's members out of Redis.
 const SELF_REAP_BUDGET: Duration = Duration::from_millis(500);
 
@@ -450,7 +446,7 @@ impl Node {
             id: &wire,
             q: req.q,
             ack,
-            deadline: self.deadline(),
+            offset_ms: self.offset_ms.load(Relaxed),
         };
         match script(self, req, &call).map_err(|Down| Refused::Unavailable)? {
             Outcome::Ok(_) => {
@@ -491,10 +487,6 @@ impl Node {
         fx.run();
     }
 
-    /// Milliseconds on Redis's clock after which a script sent now must do nothing.
-    fn deadline(&self) -> i64 {
-        unix_millis() as i64 + self.offset_ms.load(Relaxed) + SCRIPT_DEADLINE_MS
-    }
 
     /// Takes a membership out of Redis now if Redis is usable (`now`), else
     /// leaves it to the janitor, which runs once Redis is back. Nothing on
@@ -521,7 +513,7 @@ impl Node {
             id: &wire,
             q: 0,
             ack: None,
-            deadline: self.deadline(),
+            offset_ms: self.offset_ms.load(Relaxed),
         };
         let outcome = self
             .link

@@ -69,11 +69,26 @@ pub(crate) struct Call<'a> {
     pub(crate) id: &'a str,
     pub(crate) q: u64,
     pub(crate) ack: Option<u64>,
-    /// Milliseconds on Redis's clock after which the script does nothing.
-    pub(crate) deadline: i64,
+    /// Redis's clock minus ours, in ms: the script's deadline is counted
+    /// from when its arguments are built, on a connection already held.
+    pub(crate) offset_ms: i64,
 }
 
+/// A request script does nothing once Redis's clock is this far past the
+/// moment the node sent it, so that a request answered `unavailable`
+/// (timed out after 1 s) cannot take effect later when a stalled Redis
+/// wakes up.
+const DEADLINE_MS: i64 = 500;
+
 impl Call<'_> {
+    /// Milliseconds on Redis's clock after which the script does nothing.
+    fn deadline(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        now + self.offset_ms + DEADLINE_MS
+    }
+
     fn ack(&self) -> String {
         self.ack.map_or_else(String::new, |a| a.to_string())
     }
@@ -105,7 +120,7 @@ pub(crate) fn join(
         .arg(c.ack())
         .arg(cur_room)
         .arg(cur_epoch)
-        .arg(c.deadline)
+        .arg(c.deadline())
         .invoke(con)?;
     let outcome = outcome(&reply)?;
     let epoch = reply.get(1).and_then(text);
@@ -133,7 +148,7 @@ pub(crate) fn chat(
         .arg(after)
         .arg(history)
         .arg(LOG_LEN)
-        .arg(c.deadline)
+        .arg(c.deadline())
         .invoke(con)?;
     outcome(&reply)
 }
@@ -154,7 +169,7 @@ pub(crate) fn typing(
         .arg(c.ack())
         .arg(data)
         .arg(LOG_LEN)
-        .arg(c.deadline)
+        .arg(c.deadline())
         .invoke(con)?;
     outcome(&reply)
 }
@@ -182,7 +197,7 @@ pub(crate) fn leave(
         })
         .arg(c.ack())
         .arg(LOG_LEN)
-        .arg(c.deadline)
+        .arg(c.deadline())
         .invoke(con)?;
     outcome(&reply)
 }
