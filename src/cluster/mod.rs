@@ -487,7 +487,6 @@ impl Node {
         fx.run();
     }
 
-
     /// Takes a membership out of Redis now if Redis is usable (`now`), else
     /// leaves it to the janitor, which runs once Redis is back. Nothing on
     /// shutdown: the node's members are taken out in one step then.

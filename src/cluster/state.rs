@@ -839,4 +839,96 @@ mod tests {
         b.release(None);
         assert_eq!(b.wait(3, Duration::ZERO), Waited::Broken);
     }
+
+    /// Pub/sub loses and (after a repair) repeats events; whatever it does,
+    /// a member's `seq` run is gap-free, or it is closed (1012) and gets
+    /// nothing more. The repair here is the subscriber's: the log's events
+    /// after the room's position, of which only the last `kept` are left.
+    mod no_silent_gap {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Event texts of one room after our member's own join at (0, 1):
+        /// chats (`true`) and typings from node b.
+        fn log(kinds: &[bool]) -> Vec<String> {
+            let (mut seq, mut k) = (0, 1);
+            let mut out = vec![ev("J", "e", 0, 1, "a-1", 1, &pres("a-1", "ann"))];
+            for (i, chat) in kinds.iter().enumerate() {
+                if *chat {
+                    seq += 1;
+                    let data = format!(
+                        r#"{{"room":"r","seq":{seq},"id":"b-1","username":"b","text":"{i}","ts":1}}"#
+                    );
+                    out.push(ev("m", "e", seq, k, "b-1", 0, &data));
+                } else {
+                    k += 1;
+                    out.push(ev(
+                        "t",
+                        "e",
+                        seq,
+                        k,
+                        "b-1",
+                        0,
+                        r#"{"room":"r","id":"b-1","username":"b","typing":true}"#,
+                    ));
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn losses_and_repeats_never_make_a_silent_gap(
+                kinds in proptest::collection::vec(any::<bool>(), 1..60),
+                fate in proptest::collection::vec(0u8..10, 60),
+                kept in 1usize..40,
+            ) {
+                let log = log(&kinds);
+                let (mut s, rx) = setup(1);
+                let closes = std::cell::Cell::new(0);
+                let run = |s: &mut State, text: &str| {
+                    let mut fx = Effects::default();
+                    let applied = s.apply(&Event::parse(text).unwrap(), &mut fx);
+                    closes.set(closes.get() + fx.closes.len());
+                    applied
+                };
+                run(&mut s, &log[0]);
+                for (i, text) in log.iter().enumerate().skip(1) {
+                    // 0-2: lost; 3: delivered twice; else delivered once
+                    let copies = match fate[i % fate.len()] { 0..=2 => 0, 3 => 2, _ => 1 };
+                    for _ in 0..copies {
+                        if run(&mut s, text) != Applied::Gap {
+                            continue;
+                        }
+                        // repair: what the log still holds after our position
+                        let Some((_, from)) = s.position("r") else { break };
+                        let first_kept = log.len().saturating_sub(kept);
+                        for entry in log.iter().skip(first_kept) {
+                            if Event::parse(entry).unwrap().pos <= from { continue; }
+                            if run(&mut s, entry) == Applied::Gap {
+                                let mut fx = Effects::default();
+                                s.lose("r", &mut fx);
+                                closes.set(closes.get() + fx.closes.len());
+                                break;
+                            }
+                        }
+                    }
+                }
+                let seqs: Vec<u64> = rx[0]
+                    .try_iter()
+                    .filter(|e| e.name == "chatMessage")
+                    .map(|e| serde_json::from_str::<serde_json::Value>(e.data()).unwrap()["seq"].as_u64().unwrap())
+                    .collect();
+                for pair in seqs.windows(2) {
+                    prop_assert_eq!(pair[1], pair[0] + 1, "a silent gap in {:?}", seqs);
+                }
+                if closes.get() == 0 {
+                    // not closed: it saw every chat up to where the room stands
+                    let (_, pos) = s.position("r").expect("still followed");
+                    prop_assert_eq!(seqs.last().copied().unwrap_or(0), pos.seq);
+                    if let Some(first) = seqs.first() { prop_assert_eq!(*first, 1); }
+                }
+            }
+        }
+    }
 }

@@ -224,6 +224,44 @@ impl NodeProcess {
         let _ = self.child.wait();
     }
 
+    /// The process's thread count once it is steady: writer threads end
+    /// 100 ms after their queue empties, so it is read until two readings
+    /// 300 ms apart agree.
+    pub fn threads_when_settled(&self) -> u64 {
+        let read = || {
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+            let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        let mut last = read();
+        for _ in 0..20 {
+            thread::sleep(Duration::from_millis(300));
+            let now = read();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
+    }
+
+    /// Waits up to `limit` for the process to exit; its status code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Sends a signal by PID (`-STOP`, `-CONT`, `-TERM`).
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
