@@ -167,7 +167,45 @@ fn acks_come_after_everything_the_request_caused_even_across_nodes() {
     );
     assert_eq!(reply["data"], json!({"ok": true, "room": "s"}));
     assert_eq!(ann.expect("userLeft")["id"], bob.id.as_str());
+    // a rejoin under the same name: joined and ack, nothing for the others
+    let (frames, reply) = ann.request("joinRoom", json!({"username": "ann", "room": "r"}));
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0]["data"]["users"][0]["username"], "ann");
+    assert_eq!(reply["data"], json!({"ok": true, "room": "r"}));
     ann.assert_quiet();
+    bob.assert_quiet();
+}
+
+#[test]
+fn a_slow_consumer_on_one_node_leaves_the_room_for_every_node() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(), redis.node());
+    let mut sleeper = RawSocket::upgrade(a.ws, "/ws");
+    sleeper.join("sleeper", "flood"); // and never reads again
+    let mut talker = b.client();
+    if talker.join("talker", "flood")["users"]
+        .as_array()
+        .unwrap()
+        .len()
+        < 2
+    {
+        assert_eq!(talker.expect("userJoined")["username"], "sleeper");
+    }
+    let text = "z".repeat(2000);
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(20), "never cut off");
+        let (frames, _) = talker.request("chatMessage", json!({ "text": text }));
+        if frames.iter().any(|f| f["event"] == "userLeft") {
+            break;
+        }
+    }
+    assert!(a.metric("roomchat_slow_consumer_disconnects_total") >= 1);
+    eventually(Duration::from_secs(5), "one member left", || {
+        rooms(&b).1 == json!({"rooms": [{"name": "flood", "users": 1}]}).to_string()
+    });
 }
 
 #[test]
