@@ -14,10 +14,12 @@
 //! - `subscriber`: the `redis-sub` thread: delivery and repair.
 //! - `health`: the `redis-health` thread: heartbeat, reaper, recovery, janitor.
 //!
-//! A reader runs its client's script itself, then waits (bounded) at the
-//! client's barrier until the subscriber applied the event, so that every
-//! frame the request caused, its ack last, is queued before the reader
-//! reads the client's next frame: a cluster node answers like one server.
+//! A reader runs its client's script itself. The frames the request causes
+//! for its own client, the ack last, come back through the subscriber like
+//! everyone else's; before the reader queues anything itself (an error for
+//! a later frame), and after a join or a leave, it waits (bounded) at the
+//! client's barrier until they are queued: a cluster node answers like one
+//! server, without a round trip through the subscriber per message.
 
 mod event;
 mod health;
