@@ -126,10 +126,10 @@ pub(crate) enum Rooms {
 impl Rooms {
     /// A client's id on the wire: `42` on a single node, `<node tag>-42` in
     /// a cluster, so that ids stay unique across nodes and Redis restarts.
-    pub(crate) fn wire_id(&self, id: ClientId) -> String {
+    pub(crate) fn wire_id(&self, id: ClientId) -> WireId<'_> {
         match self {
-            Rooms::Local(_) => id.to_string(),
-            Rooms::Cluster(c) => c.wire_id(id),
+            Rooms::Local(_) => WireId(None, id),
+            Rooms::Cluster(c) => WireId(Some(c.tag()), id),
         }
     }
 
@@ -266,6 +266,19 @@ impl Rooms {
     pub(crate) fn leave_cluster(&self) {
         if let Rooms::Cluster(c) = self {
             c.shutdown();
+        }
+    }
+}
+
+/// A client's id as the wire shows it: the number, after the node's tag
+/// in a cluster. Written where it is used, with no string of its own.
+pub(crate) struct WireId<'a>(Option<&'a str>, ClientId);
+
+impl std::fmt::Display for WireId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(tag) => write!(f, "{tag}-{}", self.1),
+            None => write!(f, "{}", self.1),
         }
     }
 }

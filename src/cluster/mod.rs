@@ -180,9 +180,9 @@ impl Cluster {
         error
     }
 
-    /// The id a client has on the wire: unique in the cluster.
-    pub(crate) fn wire_id(&self, id: ClientId) -> String {
-        format!("{}-{id}", self.node.tag)
+    /// This node's tag: its clients' ids on the wire are `<tag>-<n>`.
+    pub(crate) fn tag(&self) -> &str {
+        &self.node.tag
     }
 
     pub(crate) fn connect(&self, id: ClientId, mailbox: Arc<dyn Mailbox>) -> Result<(), Closing> {
