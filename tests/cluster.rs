@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -828,7 +829,9 @@ fn startup_without_a_reachable_redis_exits_1_naming_the_url() {
     let dir = std::env::temp_dir().join(format!("roomchat-noredis-{}", std::process::id()));
     let url = format!("unix://{}/nothing.sock", dir.display());
     let started = Instant::now();
-    let output = NodeProcess::spawn(&url, &[]).wait_with_output().unwrap();
+    let output = NodeProcess::spawn(&url, &[], Stdio::piped())
+        .wait_with_output()
+        .unwrap();
     let took = started.elapsed();
     assert_eq!(output.status.code(), Some(1));
     assert!(output.stdout.is_empty(), "no banner");
@@ -839,7 +842,7 @@ fn startup_without_a_reachable_redis_exits_1_naming_the_url() {
         "{took:?}"
     );
     // a URL that is not one is refused at once
-    let output = NodeProcess::spawn("http://nope", &[])
+    let output = NodeProcess::spawn("http://nope", &[], Stdio::piped())
         .wait_with_output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));

@@ -171,8 +171,14 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
+    /// A running node; its log goes nowhere (a pipe nobody reads could fill
+    /// and stall it), or to the file `ROOMCHAT_NODE_LOG` names, for debugging.
     pub fn start(redis_url: &str, extra: &[&str]) -> NodeProcess {
-        let mut child = NodeProcess::spawn(redis_url, extra);
+        let log = match std::env::var_os("ROOMCHAT_NODE_LOG") {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        };
+        let mut child = NodeProcess::spawn(redis_url, extra, log);
         let mut line = String::new();
         BufReader::new(child.stdout.as_mut().unwrap())
             .read_line(&mut line)
@@ -198,7 +204,8 @@ impl NodeProcess {
         }
     }
 
-    pub fn spawn(redis_url: &str, extra: &[&str]) -> Child {
+    /// The node's process as started, stdout piped (for its banner).
+    pub fn spawn(redis_url: &str, extra: &[&str], stderr: Stdio) -> Child {
         let tick = TICK.as_millis().to_string();
         Command::new(env!("CARGO_BIN_EXE_roomchat"))
             .args(["--http-port", "0", "--ws-port", "0", "--rate-limit", "off"])
@@ -207,10 +214,7 @@ impl NodeProcess {
             .env_remove("CHAT_REDIS")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(match std::env::var_os("ROOMCHAT_NODE_LOG") {
-                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
-                None => Stdio::piped(),
-            })
+            .stderr(stderr)
             .spawn()
             .unwrap()
     }
