@@ -401,6 +401,51 @@ fn a_killed_nodes_members_leave_for_everyone_else() {
     );
 }
 
+/// The contract's numbers with the default periods (1 s heartbeat, 8 s
+/// TTL): a dead node's members leave within 15 s, a lost Redis is noticed
+/// within 5 s and a returned one serves again within 5 s. (The other tests
+/// run 10 times faster.)
+#[test]
+fn with_default_periods_a_dead_node_leaves_within_15_s_and_redis_is_back_within_5_s() {
+    let Some(mut redis) = TestRedis::start() else {
+        return;
+    };
+    let a = redis.node_with(|c| c.redis_tick = Duration::from_secs(1));
+    let mut doomed = NodeProcess::start(&redis.url, &["--redis-tick-ms", "1000"]);
+    let mut ann = a.member("ann", "r");
+    let mut victim = Client::connect(&doomed.ws_url());
+    victim.join("victim", "r");
+    assert_eq!(ann.expect("userJoined")["id"], victim.id.as_str());
+    doomed.kill();
+    let killed = Instant::now();
+    ann.ws
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(16)))
+        .unwrap();
+    assert_eq!(ann.expect("userLeft")["id"], victim.id.as_str());
+    let took = killed.elapsed();
+    eprintln!("a dead node's member left after {took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+
+    // Redis gone while nobody asks anything: the heartbeat notices.
+    redis.kill();
+    let took = eventually(Duration::from_secs(5), "noticed", || {
+        a.get("/healthz").status == 503
+    });
+    eprintln!("a lost Redis noticed after {took:?}");
+    assert_eq!(a.metric("roomchat_redis_up"), 0);
+    redis.restart();
+    let took = eventually(Duration::from_secs(5), "back", || {
+        a.get("/healthz").status == 200
+    });
+    eprintln!("serving again {took:?} after Redis came back");
+    assert_eq!(
+        ann.expect_close(),
+        Some(1012),
+        "its room was lost with Redis's data"
+    );
+}
+
 #[test]
 fn a_node_shut_down_takes_its_members_out_at_once() {
     let Some(redis) = TestRedis::start() else {

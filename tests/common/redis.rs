@@ -151,11 +151,13 @@ impl TestRedis {
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
-        if let Some(child) = &self.child {
+        if let Some(child) = &mut self.child {
             // A stopped Redis does not die of SIGKILL until continued.
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
+            if let Ok(None) = child.try_wait() {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &child.id().to_string()])
+                    .status();
+            }
         }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -207,9 +209,14 @@ impl NodeProcess {
     /// The node's process as started, stdout piped (for its banner).
     pub fn spawn(redis_url: &str, extra: &[&str], stderr: Stdio) -> Child {
         let tick = TICK.as_millis().to_string();
-        Command::new(env!("CARGO_BIN_EXE_roomchat"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_roomchat"));
+        command
             .args(["--http-port", "0", "--ws-port", "0", "--rate-limit", "off"])
-            .args(["--redis", redis_url, "--redis-tick-ms", &tick])
+            .args(["--redis", redis_url]);
+        if !extra.contains(&"--redis-tick-ms") {
+            command.args(["--redis-tick-ms", &tick]);
+        }
+        command
             .args(extra)
             .env_remove("CHAT_REDIS")
             .env("RUST_LOG", "warn")
@@ -279,9 +286,11 @@ impl NodeProcess {
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
+        // A stopped process does not die of SIGKILL until continued; one
+        // already reaped is left alone (its PID may be another's by now).
+        if let Ok(None) = self.child.try_wait() {
+            self.signal("-CONT");
+        }
         self.kill();
     }
 }
