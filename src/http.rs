@@ -375,6 +375,7 @@ mod tests {
             Capacity::for_clients(2),
             Arc::default(),
             Origins::new(Vec::new()),
+            None,
         ));
         let site = Site {
             shared: Arc::clone(&shared),
