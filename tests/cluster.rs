@@ -634,6 +634,32 @@ fn sigterm_takes_a_nodes_members_out_and_exits_0_within_2_s() {
     );
 }
 
+#[test]
+fn a_disconnect_while_redis_is_stopped_still_reaches_the_room_afterwards() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let (a, b) = (redis.node(), redis.node());
+    let mut ann = a.member("ann", "r");
+    let bob = b.member("bob", "r");
+    ann.expect("userJoined");
+    redis.signal("-STOP");
+    drop(bob); // its leave cannot run now: the janitor keeps it
+    eventually(Duration::from_secs(5), "b noticed", || {
+        b.get("/healthz").status == 503
+    });
+    redis.signal("-CONT");
+    ann.ws
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(ann.expect("userLeft")["username"], "bob");
+    assert_eq!(
+        rooms(&a).1,
+        json!({"rooms": [{"name": "r", "users": 1}]}).to_string()
+    );
+}
+
 /// Sends a request and reads up to its reply; None if the server closed
 /// the connection instead (a 1012 is a legitimate answer here).
 fn try_request(c: &mut Client, event: &str, data: Value) -> Option<Value> {
