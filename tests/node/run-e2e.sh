@@ -2,7 +2,8 @@
 # Browser end-to-end tests (headless Chromium + playwright-core) against a real roomchat.
 #   ROOMCHAT_BIN       server binary (default ../../target/debug/roomchat, relative to this folder)
 #   CHROMIUM_PATH      browser (default /usr/bin/chromium, Debian's `chromium` package)
-#   UPDATE_SCREENSHOT=1  copy the fresh two-pages screenshot to docs/screenshot.png
+#   UPDATE_SCREENSHOT=1  copy the fresh screenshots to docs/screenshot.png (two pages)
+#                        and docs/screenshot-cluster.png (two pages on two nodes)
 # Runs every *.test.mjs here; arguments, if any, replace that list (e.g. ./run-e2e.sh e2e.test.mjs).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -35,5 +36,9 @@ awk -v s="$start" -v e="$end" -v r="$([ $status -eq 0 ] && echo passed || echo F
 if [ $status -eq 0 ] && [ "${UPDATE_SCREENSHOT:-0}" = 1 ] && [ -f artifacts/two-pages.png ]; then
   cp artifacts/two-pages.png ../../docs/screenshot.png
   echo "run-e2e: updated docs/screenshot.png"
+fi
+if [ $status -eq 0 ] && [ "${UPDATE_SCREENSHOT:-0}" = 1 ] && [ -f artifacts/two-nodes.png ]; then
+  cp artifacts/two-nodes.png ../../docs/screenshot-cluster.png
+  echo "run-e2e: updated docs/screenshot-cluster.png"
 fi
 exit $status
