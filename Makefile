@@ -16,15 +16,16 @@ cluster: ## a local redis-server and two nodes sharing it, http://localhost:3000
 build: ## debug build of the server (what the browser and Socket.IO tests drive)
 	$(CARGO) build -p roomchat
 
-test: ## unit and integration tests over real loopback sockets, the cluster's too (about a minute)
+test: ## unit and integration tests over real loopback sockets (about a minute; the cluster's: make cluster-test)
 	$(CARGO) test --workspace
 
-cluster-test: ## only the cluster tests: each starts its own redis-server (skipped, with a message, without one)
+cluster-test: ## the cluster tests, ~25 s: each starts its own redis-server (skipped, with a message, without one)
 	$(CARGO) test --test cluster
 
 check: ## formatting and lints, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --test cluster -- -D warnings # test = false keeps it out of --all-targets
 	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins # the fuzz targets use the library's hidden API
 
 fmt: ## format the code
@@ -45,7 +46,7 @@ fuzz: ## bounded fuzzing of frame decoding and the room registry
 soak: ## random clients for a few minutes; checks seq, threads and memory after
 	scripts/soak.sh
 
-ci: check test e2e fuzz soak ## what .ci/run runs (with shorter fuzz and soak) after installing what the tests need
+ci: check test cluster-test e2e fuzz soak ## what .ci/run runs (with shorter fuzz and soak) after installing what the tests need
 
 clean:
 	$(CARGO) clean
