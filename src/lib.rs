@@ -68,5 +68,5 @@ pub use server::{Server, StartError};
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::metrics::Metrics;
-    pub use crate::rooms::{ClientId, NotInRoom, Overflow, Registry, Wakes};
+    pub use crate::rooms::{ClientId, NotInRoom, Overflow, Registry, Round, Wakes};
 }

@@ -67,8 +67,8 @@ pub trait Mailbox: Send + Sync {
     /// takes the client out of its room (and wakes the mailbox too).
     fn push(&self, event: &Arc<Outgoing>) -> Result<bool, Overflow>;
     /// Does what the pushes left to do (write, or cut off a slow consumer).
-    /// Called with no lock held.
-    fn wake(&self);
+    /// Called with no lock held, as part of `round` (see [`Round`]).
+    fn wake(&self, round: &Round);
     /// Shutdown: queues a Close with `code` and `reason`.
     fn close(&self, code: u16, reason: &str);
     /// Shutdown: ends the connection now.
@@ -113,6 +113,34 @@ struct Member {
     mailbox: Arc<dyn Mailbox>,
 }
 
+/// One thread's pass over the mailboxes one operation woke. A mailbox may
+/// do its writing on the waking thread while the round is young (no other
+/// thread woken: the cheapest way to reach a reading client), and leave it
+/// to a thread of its own once the round has run long (a big room, or a
+/// busy server: the waking thread has its own client to get back to).
+pub struct Round {
+    started: Instant,
+}
+
+impl Round {
+    pub fn new() -> Round {
+        Round {
+            started: Instant::now(),
+        }
+    }
+
+    /// How long the round has run.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Default for Round {
+    fn default() -> Round {
+        Round::new()
+    }
+}
+
 /// Mailboxes to wake once no lock is held: what registry operations hand
 /// back. The caller wakes them when it suits it (a reader, after the
 /// message it is handling; so the writing happens at the top of its stack,
@@ -127,8 +155,9 @@ impl Wakes {
 
     /// Wakes every mailbox collected so far.
     pub fn wake_all(&mut self) {
+        let round = Round::new();
         for mailbox in self.0.drain(..) {
-            mailbox.wake();
+            mailbox.wake(&round);
         }
     }
 }
@@ -598,7 +627,7 @@ mod tests {
             self.0.send(Arc::clone(event)).map_err(|_| Overflow)?;
             Ok(false)
         }
-        fn wake(&self) {}
+        fn wake(&self, _: &Round) {}
         fn close(&self, _: u16, _: &str) {}
         fn abort(&self) {}
     }

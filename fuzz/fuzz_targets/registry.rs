@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use roomchat::fuzzing::{ClientId, Metrics, Overflow, Registry, Wakes};
+use roomchat::fuzzing::{ClientId, Metrics, Overflow, Registry, Round, Wakes};
 use roomchat::{Mailbox, Outgoing};
 use serde_json::Value;
 
@@ -42,7 +42,7 @@ impl Mailbox for Recorder {
         self.0.send(Arc::clone(event)).map_err(|_| Overflow)?;
         Ok(false)
     }
-    fn wake(&self) {}
+    fn wake(&self, _: &Round) {}
     fn close(&self, _: u16, _: &str) {}
     fn abort(&self) {}
 }

@@ -695,7 +695,7 @@ mod tests {
             self.0.send(Arc::clone(event)).map_err(|_| Overflow)?;
             Ok(false)
         }
-        fn wake(&self) {}
+        fn wake(&self, _: &crate::rooms::Round) {}
         fn close(&self, _: u16, _: &str) {}
         fn abort(&self) {}
     }
