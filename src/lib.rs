@@ -61,12 +61,12 @@ mod shared;
 
 pub use codec::Outgoing;
 pub use config::Config;
-pub use rooms::Mailbox;
+pub use rooms::{Mailbox, Round};
 pub use server::{Server, StartError};
 
 /// Internals the fuzz targets in `fuzz/` drive directly; not a stable API.
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::metrics::Metrics;
-    pub use crate::rooms::{ClientId, NotInRoom, Overflow, Registry, Round, Wakes};
+    pub use crate::rooms::{ClientId, NotInRoom, Overflow, Registry, Wakes};
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use roomchat::fuzzing::{ClientId, Metrics, Overflow, Registry, Round, Wakes};
-use roomchat::{Mailbox, Outgoing};
+use roomchat::fuzzing::{ClientId, Metrics, Overflow, Registry, Wakes};
+use roomchat::{Mailbox, Outgoing, Round};
 use serde_json::Value;
 
 const SLOTS: usize = 4;
