@@ -140,6 +140,11 @@ fn repair_all(node: &Node, cmd: &mut Connection) -> RedisResult<()> {
 /// longer reaches back far enough, or the room is another incarnation or
 /// gone, its local members get 1012. No lock is held during Redis I/O; only
 /// this thread moves positions, so the position read before stays valid.
+/// Events a repair applies under one hold of the lock before it hands what
+/// they queued to the members' writers: 64 chat messages of 2000 characters
+/// of at most 4 bytes are 512 KiB, half a member's queue bound.
+const REPAIR_CHUNK: usize = 64;
+
 fn repair(
     node: &Node,
     cmd: &mut Connection,
@@ -161,7 +166,15 @@ fn repair(
             if !texts.is_empty() {
                 node.metrics.cluster_repair();
             }
-            for text in &texts {
+            for (i, text) in texts.iter().enumerate() {
+                if i > 0 && i % REPAIR_CHUNK == 0 {
+                    // Let the writers drain what this repair queued so far:
+                    // all of a long log at once could pass a member's queue
+                    // bound and cut a healthy reader off as a slow consumer.
+                    drop(state);
+                    node.finish(std::mem::take(&mut fx));
+                    state = node.lock();
+                }
                 let ev = match Event::parse(text) {
                     Ok(ev) => ev,
                     Err(e) => {
