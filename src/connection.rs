@@ -112,7 +112,7 @@ pub(crate) fn websocket(
 #[inline(never)]
 #[allow(clippy::boxed_local)] // boxed to keep it out of the thread's long-lived frames
 pub(crate) fn run(mut client: Box<Client>, mut ws: Socket) {
-    client.outbox.wake(&Round::new()); // what `open` (or an upgrade) left queued
+    client.outbox.wake(&Round::first()); // what `open` (or an upgrade) left queued
     let close = loop {
         let message = match next_message(&mut ws, client.id()) {
             Ok(message) => message,

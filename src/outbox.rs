@@ -53,20 +53,21 @@ const HOT_MICROS: u64 = 1000;
 /// member a writer thread for good, and a light load paid a thread
 /// wake-up per recipient: p50 3.3 ms instead of 0.3 on 1 x 100, 100 msg/s.)
 const WRITER_IDLE: Duration = Duration::from_micros(2 * HOT_MICROS);
-/// A pushing thread writes to calm clients itself for this long in one
-/// round of wakes (about 150 sends here); the rest of the round is left to
+/// A pushing thread writes to this many calm clients itself in one round
+/// of wakes (about 1.5 ms of sends here); the rest of the round is left to
 /// writer threads. One thread cannot send a big room's messages one by one
 /// (1 x 1000 at 400 msg/s is 400,000 sends a second), but writer threads
-/// that fall behind write many frames per send.
-const DIRECT_BUDGET: Duration = Duration::from_millis(2);
-/// After a round ran over its budget the server is busy, and for this long
+/// that fall behind write many frames per send. A count, not a time: a
+/// room of 100 is always written directly, however busy the machine.
+const DIRECT_MAX: usize = 128;
+/// After a round ran past `DIRECT_MAX` the server is busy, and for this long
 /// writer threads do not end when idle: a big room's members keep theirs
 /// from one message to the next instead of starting one each time.
 const BUSY_MICROS: u64 = 100_000;
-/// When a round last ran over `DIRECT_BUDGET` (see `micros`; 0: never).
+/// When a round last ran past `DIRECT_MAX` (see `micros`; 0: never).
 static LAST_OVERRUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Whether a round ran over its budget within the last `BUSY_MICROS`.
+/// Whether a round ran past `DIRECT_MAX` within the last `BUSY_MICROS`.
 fn server_busy() -> bool {
     let last = LAST_OVERRUN.load(Relaxed);
     last != 0 && micros().saturating_sub(last) < BUSY_MICROS
@@ -198,7 +199,7 @@ impl Outbox {
     /// Close) and wakes the writer; for callers holding no lock.
     pub(crate) fn control(&self, item: Outbound) {
         let _ = self.enqueue(item);
-        self.wake(&Round::new());
+        self.wake(&Round::first());
     }
 
     /// Queues `item`; true if it must be woken (it claimed the writer
@@ -379,7 +380,7 @@ impl Mailbox for Outbox {
         if q.start_pending.swap(false, SeqCst) {
             let now = micros();
             let last = q.last_write.swap(now, Relaxed);
-            if round.elapsed() > DIRECT_BUDGET {
+            if round.woken_before() >= DIRECT_MAX {
                 LAST_OVERRUN.store(now, Relaxed);
                 self.start_writer();
             } else if last != 0 && now.saturating_sub(last) < HOT_MICROS {

@@ -113,31 +113,26 @@ struct Member {
     mailbox: Arc<dyn Mailbox>,
 }
 
-/// One thread's pass over the mailboxes one operation woke. A mailbox may
-/// do its writing on the waking thread while the round is young (no other
-/// thread woken: the cheapest way to reach a reading client), and leave it
-/// to a thread of its own once the round has run long (a big room, or a
-/// busy server: the waking thread has its own client to get back to).
+/// Where a wake stands in one thread's pass over the mailboxes one
+/// operation woke. A mailbox may do its writing on the waking thread early
+/// in the round (no other thread woken: the cheapest way to reach a reading
+/// client), and leave it to a thread of its own late in a big one (a room of
+/// a thousand: the waking thread has its own client to get back to, and
+/// one thread cannot make every send of a big room's traffic).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Round {
-    started: Instant,
+    woken_before: usize,
 }
 
 impl Round {
-    pub fn new() -> Round {
-        Round {
-            started: Instant::now(),
-        }
+    /// A wake on its own, or the first of a round.
+    pub fn first() -> Round {
+        Round::default()
     }
 
-    /// How long the round has run.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-}
-
-impl Default for Round {
-    fn default() -> Round {
-        Round::new()
+    /// How many mailboxes this round woke before this one.
+    pub fn woken_before(self) -> usize {
+        self.woken_before
     }
 }
 
@@ -155,9 +150,8 @@ impl Wakes {
 
     /// Wakes every mailbox collected so far.
     pub fn wake_all(&mut self) {
-        let round = Round::new();
-        for mailbox in self.0.drain(..) {
-            mailbox.wake(&round);
+        for (woken_before, mailbox) in self.0.drain(..).enumerate() {
+            mailbox.wake(&Round { woken_before });
         }
     }
 }
