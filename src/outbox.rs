@@ -51,7 +51,8 @@ const HOT_MICROS: u64 = 1000;
 /// not handed back and forth between the two at one steady rate. (It was
 /// 100 ms: then the `userJoined` burst of a room filling up left every
 /// member a writer thread for good, and a light load paid a thread
-/// wake-up per recipient: p50 3.3 ms instead of 0.3 on 1 x 100, 100 msg/s.)
+/// wake-up per recipient: p50 3.5 ms instead of 0.5-0.9 on 1 x 100 at
+/// 100 msg/s, pinned.)
 const WRITER_IDLE: Duration = Duration::from_micros(2 * HOT_MICROS);
 /// A pushing thread writes to this many calm clients itself in one round
 /// of wakes (about 1.5 ms of sends here); the rest of the round is left to
@@ -72,6 +73,7 @@ fn server_busy() -> bool {
     let last = LAST_OVERRUN.load(Relaxed);
     last != 0 && micros().saturating_sub(last) < BUSY_MICROS
 }
+
 /// A writer thread that wakes to fewer frames than this, with the queue
 /// busy (the frame came within `HOT_MICROS`), waits `COALESCE` for more
 /// before it writes. This costs latency only under load, where it buys

@@ -134,17 +134,17 @@ fn repair_all(node: &Node, cmd: &mut Connection) -> RedisResult<()> {
     Ok(())
 }
 
+/// Events a repair applies under one hold of the lock before it hands what
+/// they queued to the members' writers: 64 chat messages of 2000 characters
+/// of at most 4 bytes are 512 KiB, half a member's queue bound.
+const REPAIR_CHUNK: usize = 64;
+
 /// Brings one room up to date from its log: the events after the room's
 /// position, in order (`live`, the event that revealed the gap, stands in
 /// for its own log entry: only it carries a join's snapshot). If the log no
 /// longer reaches back far enough, or the room is another incarnation or
 /// gone, its local members get 1012. No lock is held during Redis I/O; only
 /// this thread moves positions, so the position read before stays valid.
-/// Events a repair applies under one hold of the lock before it hands what
-/// they queued to the members' writers: 64 chat messages of 2000 characters
-/// of at most 4 bytes are 512 KiB, half a member's queue bound.
-const REPAIR_CHUNK: usize = 64;
-
 fn repair(
     node: &Node,
     cmd: &mut Connection,
