@@ -16,11 +16,12 @@ use tungstenite::handshake::derive_accept_key;
 
 use crate::codec::Encoding;
 use crate::config::Origins;
-use crate::connection::{self, Link};
+use crate::connection::{self, Attached};
 use crate::http::{Desk, NoAnswer};
-use crate::httpconn::{answer, header, plain, Answer, Body, Conn, Head, HeadError};
+use crate::httpconn::{plain, switch_protocols, Body, Conn, Head, HeadError, Refusal};
 use crate::polling::Polling;
 use crate::shared::{Admission, Shared};
+use crate::throttle::Throttle;
 
 /// Stack for a connection's thread, which reads and parses its frames.
 /// Only the pages touched count in RSS; serde_json may recurse 128 levels
@@ -96,34 +97,6 @@ pub(crate) fn run(listener: TcpListener, port: Port, front: Arc<Front>) {
     debug!("{port:?} accept loop stopped");
 }
 
-/// Counts events and says when to log them: at most once per period.
-pub(crate) struct Throttle {
-    period: Duration,
-    last: Option<Instant>,
-    count: u64,
-}
-
-impl Throttle {
-    pub(crate) const fn new(period: Duration) -> Throttle {
-        Throttle {
-            period,
-            last: None,
-            count: 0,
-        }
-    }
-
-    /// Counts one event; the count so far when it is time to log.
-    pub(crate) fn tick(&mut self) -> Option<u64> {
-        self.count += 1;
-        let now = Instant::now();
-        if self.last.is_some_and(|at| now < at + self.period) {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.count))
-    }
-}
-
 /// One socket, on its own thread: request after request until one ends the
 /// connection, or makes it a WebSocket (returned, for the caller to run).
 /// Each head must be complete by its deadline: `accepted` plus the
@@ -138,13 +111,13 @@ fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) -
         let head = match conn.read_head(deadline) {
             Ok(head) => head,
             Err(e) => {
-                refuse_head(&mut conn, e, answer_deadline(shared));
+                refuse_head(&mut conn, e, shared.answer_deadline());
                 return None;
             }
         };
         if head.body() == Body::Invalid {
             let refusal = Refusal::text(400, "a Content-Length that cannot be read");
-            refusal.send(&mut conn, answer_deadline(shared));
+            refusal.send(&mut conn, shared.answer_deadline());
             return None;
         }
         let origins = &shared.handshake_origins;
@@ -157,7 +130,7 @@ fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) -
             Route::Polling => front.polling.serve(&mut conn, &head),
             Route::Page => page(&mut conn, head, front),
             Route::Refuse(refusal) => {
-                refusal.send(&mut conn, answer_deadline(shared));
+                refusal.send(&mut conn, shared.answer_deadline());
                 false
             }
         };
@@ -166,12 +139,6 @@ fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) -
         }
         deadline = Instant::now() + timeout;
     }
-}
-
-/// How long writing one answer may take: a peer that does not read holds
-/// its own thread this long, and nobody else.
-pub(crate) fn answer_deadline(shared: &Shared) -> Instant {
-    Instant::now() + shared.config.idle_timeout
 }
 
 /// A head that could not be read gets the status that says why, where the
@@ -203,7 +170,7 @@ fn page(conn: &mut Conn, head: Head, front: &Front) -> bool {
         NoAnswer::Busy => plain(503, "server busy, try again"),
         NoAnswer::Stopped => plain(503, "server is shutting down"),
     });
-    let sent = conn.send(answer, version, head_only, answer_deadline(shared));
+    let sent = conn.send(answer, version, head_only, shared.answer_deadline());
     if sent.is_err() || !keep {
         conn.close();
         return false;
@@ -230,7 +197,7 @@ pub(crate) enum Upgrade {
 
 impl Upgrade {
     /// The client and its WebSocket, ready to be read.
-    fn link(self, front: &Front) -> Option<Link> {
+    fn link(self, front: &Front) -> Option<Attached> {
         match self {
             Upgrade::Client {
                 conn,
@@ -276,12 +243,12 @@ fn upgrade(
     }
     if shared.stopping() {
         let refusal = Refusal::text(503, "server is shutting down");
-        refusal.send(&mut conn, answer_deadline(shared));
+        refusal.send(&mut conn, shared.answer_deadline());
         return None;
     }
     let Some(admission) = shared.admit() else {
         let refusal = Refusal::text(503, "too many connections");
-        refusal.send(&mut conn, answer_deadline(shared));
+        refusal.send(&mut conn, shared.answer_deadline());
         return None;
     };
     if let Err(e) = switch_protocols(&conn, accept_key, deadline) {
@@ -293,23 +260,6 @@ fn upgrade(
         encoding,
         admission,
     })
-}
-
-/// Writes the 101 answer that makes the connection a WebSocket.
-pub(crate) fn switch_protocols(
-    conn: &Conn,
-    accept_key: &str,
-    deadline: Instant,
-) -> std::io::Result<()> {
-    use std::io::Write;
-    let left = deadline.saturating_duration_since(Instant::now());
-    conn.socket
-        .set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
-    );
-    (&*conn.socket).write_all(response.as_bytes())
 }
 
 /// Where a request goes.
@@ -422,76 +372,6 @@ fn valid_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
-/// An answer given before a request reaches anyone, as data (so the
-/// routing above is testable), written by hand: a 426 must carry the
-/// `Upgrade` header, which tiny_http's responses leave out.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Refusal {
-    status: u16,
-    headers: Vec<(&'static str, &'static str)>,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Refusal {
-    pub(crate) fn text(status: u16, body: &str) -> Refusal {
-        Refusal {
-            status,
-            headers: Vec::new(),
-            content_type: "text/plain; charset=utf-8",
-            body: format!("{body}\n"),
-        }
-    }
-
-    fn header(mut self, name: &'static str, value: &'static str) -> Refusal {
-        self.headers.push((name, value));
-        self
-    }
-
-    /// Engine.IO's error answer: HTTP 400 (403 for code 4, Forbidden)
-    /// with `{"code": n, "message": "..."}`.
-    pub(crate) fn engine_io(code: u8, message: &str) -> Refusal {
-        Refusal {
-            status: if code == 4 { 403 } else { 400 },
-            headers: Vec::new(),
-            content_type: "application/json",
-            body: format!(r#"{{"code":{code},"message":"{message}"}}"#),
-        }
-    }
-
-    /// As a tiny_http answer, for a connection that goes on (long-polling).
-    pub(crate) fn into_answer(self) -> Answer {
-        let mut answer = answer(self.status, self.content_type, self.body.into_bytes());
-        for (name, value) in self.headers {
-            answer.add_header(header(name, value));
-        }
-        answer
-    }
-
-    /// Writes the refusal and ends the connection.
-    #[inline(never)]
-    pub(crate) fn send(self, conn: &mut Conn, deadline: Instant) {
-        use std::fmt::Write as _;
-        let status = tiny_http::StatusCode(self.status);
-        let mut text = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            self.status,
-            status.default_reason_phrase(),
-            self.content_type,
-            self.body.len()
-        );
-        for (name, value) in &self.headers {
-            let _ = write!(text, "{name}: {value}\r\n");
-        }
-        text.push_str("\r\n");
-        text.push_str(&self.body);
-        debug!("request refused with {}", self.status);
-        if conn.write_all(text.as_bytes(), deadline).is_ok() {
-            conn.close();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,12 +460,5 @@ mod tests {
             ),
             Route::Polling
         );
-    }
-
-    #[test]
-    fn a_throttle_logs_once_a_period_with_the_count() {
-        let mut t = Throttle::new(Duration::from_secs(3600));
-        assert_eq!(t.tick(), Some(1));
-        assert_eq!((t.tick(), t.tick()), (None, None));
     }
 }

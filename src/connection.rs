@@ -15,8 +15,8 @@ use tungstenite::protocol::{Role, WebSocket};
 use tungstenite::{Error as WsError, Message};
 
 use crate::codec::{engineio, frame, Encoding};
+use crate::delivery::{Mailbox, Round};
 use crate::outbox::{Outbound, Outbox};
-use crate::rooms::{Mailbox, Round};
 use crate::session::{Client, Flow};
 use crate::shared::{Admission, Shared};
 
@@ -29,7 +29,7 @@ const LINGER: Duration = Duration::from_secs(1);
 pub(crate) type Socket = Box<WebSocket<ClientStream>>;
 
 /// A client and its WebSocket, ready for [`run`].
-pub(crate) type Link = (Box<Client>, Socket);
+pub(crate) type Attached = (Box<Client>, Socket);
 
 /// Registers a new client whose handshake is done and greets it. `leftover`
 /// holds bytes read past the handshake; `admission` is its place under
@@ -45,7 +45,7 @@ pub(crate) fn open(
     encoding: Encoding,
     admission: Admission,
     shared: &Arc<Shared>,
-) -> Option<Link> {
+) -> Option<Attached> {
     let Some(client) = Client::register(encoding, Some(Arc::clone(&socket)), admission, shared)
     else {
         // Shutdown began between the handshake and now: nobody else writes

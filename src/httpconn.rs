@@ -10,6 +10,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use log::debug;
 use tiny_http::{HTTPVersion, Header, Response, StatusCode};
 
 /// Largest request head we read; past it the answer is 431.
@@ -397,6 +398,93 @@ pub(crate) fn plain(status: u16, text: &str) -> Answer {
         "text/plain; charset=utf-8",
         format!("{text}\n").into_bytes(),
     )
+}
+
+/// Writes the 101 answer that makes the connection a WebSocket.
+pub(crate) fn switch_protocols(
+    conn: &Conn,
+    accept_key: &str,
+    deadline: Instant,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let left = deadline.saturating_duration_since(Instant::now());
+    conn.socket
+        .set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    );
+    (&*conn.socket).write_all(response.as_bytes())
+}
+
+/// An answer given before a request reaches anyone, as data (so the
+/// routing above is testable), written by hand: a 426 must carry the
+/// `Upgrade` header, which tiny_http's responses leave out.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) status: u16,
+    headers: Vec<(&'static str, &'static str)>,
+    content_type: &'static str,
+    pub(crate) body: String,
+}
+
+impl Refusal {
+    pub(crate) fn text(status: u16, body: &str) -> Refusal {
+        Refusal {
+            status,
+            headers: Vec::new(),
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{body}\n"),
+        }
+    }
+
+    pub(crate) fn header(mut self, name: &'static str, value: &'static str) -> Refusal {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Engine.IO's error answer: HTTP 400 (403 for code 4, Forbidden)
+    /// with `{"code": n, "message": "..."}`.
+    pub(crate) fn engine_io(code: u8, message: &str) -> Refusal {
+        Refusal {
+            status: if code == 4 { 403 } else { 400 },
+            headers: Vec::new(),
+            content_type: "application/json",
+            body: format!(r#"{{"code":{code},"message":"{message}"}}"#),
+        }
+    }
+
+    /// As a tiny_http answer, for a connection that goes on (long-polling).
+    pub(crate) fn into_answer(self) -> Answer {
+        let mut answer = answer(self.status, self.content_type, self.body.into_bytes());
+        for (name, value) in self.headers {
+            answer.add_header(header(name, value));
+        }
+        answer
+    }
+
+    /// Writes the refusal and ends the connection.
+    #[inline(never)]
+    pub(crate) fn send(self, conn: &mut Conn, deadline: Instant) {
+        use std::fmt::Write as _;
+        let status = tiny_http::StatusCode(self.status);
+        let mut text = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.status,
+            status.default_reason_phrase(),
+            self.content_type,
+            self.body.len()
+        );
+        for (name, value) in &self.headers {
+            let _ = write!(text, "{name}: {value}\r\n");
+        }
+        text.push_str("\r\n");
+        text.push_str(&self.body);
+        debug!("request refused with {}", self.status);
+        if conn.write_all(text.as_bytes(), deadline).is_ok() {
+            conn.close();
+        }
+    }
 }
 
 #[cfg(test)]

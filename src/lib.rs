@@ -3,29 +3,38 @@
 //!
 //! # Layers
 //!
-//! Modules import downward only. Bottom to top:
+//! Modules import downward only (no module imports one above it, nor one
+//! beside it in the same step). Bottom to top:
 //!
 //! 1. Pure data and codecs, no I/O: [`protocol`] (requests, validation,
-//!    event shapes), `codec` (each transport's packets in and out, the
-//!    WebSocket frames we write, [`Outgoing`] events encoded once),
-//!    [`config`], `metrics`.
-//! 2. `rooms`: the registry, a state machine behind one mutex that reaches
-//!    clients only through the [`Mailbox`] trait. Beside it, `cluster`: the
-//!    other engine (`--redis`), rooms in Redis shared by every node, which
-//!    reaches its clients through the same trait.
+//!    and every server event's shape, built through one enum), `codec`
+//!    (each transport's packets in and out, the WebSocket frames we write,
+//!    [`Outgoing`] events encoded once), [`config`], `metrics`, `throttle`
+//!    (logging what a peer can repeat, at most once a period).
+//! 2. `delivery`: what both room engines share: client ids, the
+//!    [`Mailbox`] trait through which they reach clients, pushing one event
+//!    to many mailboxes, the roster of every client that shutdown closes,
+//!    the clock. On it, side by side: `rooms`, the in-memory registry, a
+//!    state machine behind one mutex; and `cluster`, the engine of
+//!    `--redis`: rooms in Redis, shared by every node.
 //! 3. `outbox`: a client's bounded queue and its writer, the one thing that
 //!    writes to a client's socket (a `Mailbox`).
 //! 4. `shared` (settings, `Rooms`: the seam between the two engines,
-//!    metrics, admission), then `session`
-//!    (one client's requests, whatever its transport) and `connection` (the
-//!    one read loop of a WebSocket client).
-//! 5. `accept` (the WebSocket listener and its handshake checks) and `http`
-//!    (the page and the small endpoints, on tiny_http).
+//!    metrics, admission), then `session` (one client's requests, whatever
+//!    its transport), then `connection` (the one read loop of a WebSocket
+//!    client).
+//! 5. `httpconn` (HTTP/1.1 on a socket's own thread: heads in, answers and
+//!    refusals out), then `http` (the page and the small endpoints, on
+//!    tiny_http) and `polling` (Engine.IO long-polling), then `accept` (both
+//!    listeners: each request to where it belongs).
 //! 6. [`server`]: binds, starts the threads, shuts down. `main.rs` sits on top.
 //!
 //! One chat message goes up this list and back down: `connection` reads a
 //! frame, `codec` decodes it, `session` checks it, `rooms` numbers it and
 //! queues one shared event for every member, each member's `outbox` writes it.
+//! In a cluster, `rooms` is replaced by `cluster`: a script in Redis numbers
+//! the message, and each node's subscriber builds the same event from the
+//! fields Redis publishes.
 //!
 //! # Public API
 //!
@@ -50,6 +59,7 @@ mod accept;
 mod cluster;
 mod codec;
 mod connection;
+mod delivery;
 mod http;
 mod httpconn;
 mod metrics;
@@ -58,15 +68,17 @@ mod polling;
 mod rooms;
 mod session;
 mod shared;
+mod throttle;
 
 pub use codec::Outgoing;
 pub use config::Config;
-pub use rooms::{Mailbox, Round};
+pub use delivery::{Mailbox, Round};
 pub use server::{Server, StartError};
 
 /// Internals the fuzz targets in `fuzz/` drive directly; not a stable API.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::delivery::{ClientId, Overflow, Recorder, Wakes};
     pub use crate::metrics::Metrics;
-    pub use crate::rooms::{ClientId, NotInRoom, Overflow, Registry, Wakes};
+    pub use crate::rooms::{NotInRoom, Registry};
 }

@@ -27,10 +27,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::warn;
 
-use crate::accept::Throttle;
 use crate::codec::{engineio, frame, Encoding, Outgoing};
+use crate::delivery::{Mailbox, Overflow, Round};
 use crate::metrics::Metrics;
-use crate::rooms::{Mailbox, Overflow, Round};
+use crate::throttle::Throttle;
 
 /// A client whose queue holds more than this many bytes is a slow consumer.
 pub(crate) const MAX_QUEUED_BYTES: usize = 1 << 20;

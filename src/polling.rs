@@ -32,10 +32,9 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info};
 use tungstenite::Message;
 
-use crate::accept::{answer_deadline, switch_protocols, Refusal};
 use crate::codec::{engineio, frame, Encoding};
-use crate::connection::{self, Link};
-use crate::httpconn::{answer, header, plain, Answer, Body, Conn, Head};
+use crate::connection::{self, Attached};
+use crate::httpconn::{answer, header, plain, switch_protocols, Answer, Body, Conn, Head, Refusal};
 use crate::outbox::{Outbound, Outbox, Taken};
 use crate::session::{Client, Flow};
 use crate::shared::Shared;
@@ -55,7 +54,7 @@ pub(crate) struct Polling {
 struct Poll {
     sid: String,
     outbox: Arc<Outbox>,
-    state: Mutex<State>,
+    state: Mutex<PollState>,
     /// A GET is being held: a second one at once is refused.
     polling: AtomicBool,
     /// Releases a held GET without queuing anything for the client.
@@ -71,7 +70,7 @@ enum Release {
     Close,
 }
 
-struct State {
+struct PollState {
     /// The client, until it upgrades or the session ends.
     client: Option<Client>,
     /// When a packet last came from the client.
@@ -110,7 +109,7 @@ impl Polling {
 
     /// Silent past the ping interval plus the ping timeout: the client
     /// missed a ping and the time it had to answer it.
-    fn silent(&self, state: &State) -> bool {
+    fn silent(&self, state: &PollState) -> bool {
         let config = &self.shared.config;
         let limit = config.ping_interval + config.ping_timeout();
         state.client.is_some() && state.heard.elapsed() >= limit
@@ -136,7 +135,7 @@ impl Polling {
         // connection, so that it is never taken for the next request.
         let body_read = head.body() == Body::None || head.method() == "POST";
         let keep = keep && body_read && head.keep_alive() && !shared.stopping();
-        let sent = conn.send(answer, head.version(), false, answer_deadline(shared));
+        let sent = conn.send(answer, head.version(), false, shared.answer_deadline());
         if sent.is_err() || !keep {
             conn.close();
             return false;
@@ -200,7 +199,7 @@ impl Polling {
         let poll = Arc::new(Poll {
             sid: sid.clone(),
             outbox: Arc::clone(&client.outbox),
-            state: Mutex::new(State {
+            state: Mutex::new(PollState {
                 client: Some(client),
                 heard: now,
                 next_ping: now + config.ping_interval,
@@ -314,7 +313,7 @@ impl Polling {
         sid: &str,
         accept_key: &str,
         deadline: Instant,
-    ) -> Option<Link> {
+    ) -> Option<Attached> {
         let shared = &self.shared;
         // Claim the session's one probe: a second WebSocket for the same
         // session, while one is probing, is refused like an unknown sid.
@@ -326,7 +325,7 @@ impl Polling {
         });
         let Some(poll) = poll else {
             let refusal = Refusal::engine_io(1, "Session ID unknown");
-            refusal.send(&mut conn, answer_deadline(shared));
+            refusal.send(&mut conn, shared.answer_deadline());
             return None;
         };
         let upgraded = switch_protocols(&conn, accept_key, deadline)
@@ -455,7 +454,7 @@ impl Polling {
 }
 
 impl Poll {
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, PollState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -417,7 +417,60 @@ fn check_text(text: &str) -> Result<(), Rejection> {
 
 // ---------------------------------------------------------------------------
 // Server events. Each is a name and a data object; the transport (native
-// frame or Socket.IO packet) wraps them, see `outbox::Outgoing`.
+// frame or Socket.IO packet) wraps them, see `codec::Outgoing`. Both room
+// engines build every event through [`ServerEvent`]: a new field is one
+// change here, and the compiler then asks each engine for its value.
+
+/// Every event the server sends, with its data: the one list of their
+/// names and shapes.
+pub(crate) enum ServerEvent<'a> {
+    Connected(ConnectedData<'a>),
+    Joined(JoinedData<'a>),
+    UserJoined(PresenceData<'a>),
+    UserLeft(PresenceData<'a>),
+    ChatMessage(ChatMessageData<'a>),
+    Typing(TypingData<'a>),
+    Left(LeftData<'a>),
+    Ack(AckData<'a>),
+    Error(ErrorData<'a>),
+}
+
+impl ServerEvent<'_> {
+    /// `joined`'s name, for an event whose data is built later (see
+    /// `codec::Outgoing::later`).
+    pub(crate) const JOINED: &'static str = "joined";
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            ServerEvent::Connected(_) => "connected",
+            ServerEvent::Joined(_) => Self::JOINED,
+            ServerEvent::UserJoined(_) => "userJoined",
+            ServerEvent::UserLeft(_) => "userLeft",
+            ServerEvent::ChatMessage(_) => "chatMessage",
+            ServerEvent::Typing(_) => "typing",
+            ServerEvent::Left(_) => "left",
+            ServerEvent::Ack(_) => "ack",
+            ServerEvent::Error(_) => "error",
+        }
+    }
+
+    /// The event's data as JSON text.
+    pub(crate) fn data(&self) -> Box<RawValue> {
+        fn raw<T: Serialize>(data: &T) -> Box<RawValue> {
+            serde_json::value::to_raw_value(data).expect("event data always serializes")
+        }
+        match self {
+            ServerEvent::Connected(d) => raw(d),
+            ServerEvent::Joined(d) => raw(d),
+            ServerEvent::UserJoined(d) | ServerEvent::UserLeft(d) => raw(d),
+            ServerEvent::ChatMessage(d) => raw(d),
+            ServerEvent::Typing(d) => raw(d),
+            ServerEvent::Left(d) => raw(d),
+            ServerEvent::Ack(d) => raw(d),
+            ServerEvent::Error(d) => raw(d),
+        }
+    }
+}
 
 /// A client's `id` on the wire: a JSON string, written straight into the
 /// event (no `String` made for it).

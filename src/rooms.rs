@@ -10,39 +10,19 @@
 //! state machine: its tests and fuzz target drive it without sockets.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::codec::{to_raw, Outgoing};
+use crate::codec::Outgoing;
+use crate::delivery::{unix_millis, ClientId, Fanout, Mailbox, Refused, Wakes};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    AckData, ChatMessageData, Id, JoinedData, LeftData, PresenceData, TypingData, UserInfo,
+    AckData, ChatMessageData, Id, JoinedData, LeftData, PresenceData, ServerEvent, TypingData,
+    UserInfo,
 };
-
-/// A connection's identity, unique for the life of the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(pub u64);
-
-impl fmt::Display for ClientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// The request needs a room and the client is in none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotInRoom;
-
-/// Why a room request was not carried out, by either engine (the local
-/// registry, or the cluster's). Validation stays in `session`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    /// The request needs a room and the client is in none.
-    NotInRoom,
-    /// Redis is unreachable (cluster only): nothing was done.
-    Unavailable,
-}
 
 impl From<NotInRoom> for Refused {
     fn from(NotInRoom: NotInRoom) -> Refused {
@@ -50,48 +30,20 @@ impl From<NotInRoom> for Refused {
     }
 }
 
-/// Shutdown has begun: no client may connect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Closing;
-
-/// A member's queue is past its bounds: the member is a slow consumer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Overflow;
-
-/// How the registry reaches a client: its outbound queue. The server's is
-/// `outbox::Outbox`; tests and the fuzz target use a plain channel.
-pub trait Mailbox: Send + Sync {
-    /// Queues `event`. Called under the registry lock, so it must not
-    /// block, log or do I/O. `Ok(true)` asks for [`Mailbox::wake`] once the
-    /// lock is released; `Err(Overflow)` drops the event, and the registry
-    /// takes the client out of its room (and wakes the mailbox too).
-    fn push(&self, event: &Arc<Outgoing>) -> Result<bool, Overflow>;
-    /// Does what the pushes left to do (write, or cut off a slow consumer).
-    /// Called with no lock held, as part of `round` (see [`Round`]).
-    fn wake(&self, round: &Round);
-    /// Shutdown: queues a Close with `code` and `reason`.
-    fn close(&self, code: u16, reason: &str);
-    /// Shutdown: ends the connection now.
-    fn abort(&self);
-}
-
 pub struct Registry {
     inner: Mutex<Inner>,
-    /// Signalled whenever a client goes, for `wait_empty`.
-    emptied: Condvar,
     history_limit: usize,
     metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
 struct Inner {
-    clients: HashMap<ClientId, Client>,
+    clients: HashMap<ClientId, Registered>,
     rooms: BTreeMap<String, Room>,
-    /// Shutdown has closed every client: no more may connect.
-    closing: bool,
 }
 
-struct Client {
+/// A connected client as the registry knows it.
+struct Registered {
     mailbox: Arc<dyn Mailbox>,
     /// The room this client is in, if any; its name there is in the room's member list.
     room: Option<String>,
@@ -113,77 +65,19 @@ struct Member {
     mailbox: Arc<dyn Mailbox>,
 }
 
-/// Where a wake stands in one thread's pass over the mailboxes one
-/// operation woke. A mailbox may do its writing on the waking thread early
-/// in the round (no other thread woken: the cheapest way to reach a reading
-/// client), and leave it to a thread of its own late in a big one (a room of
-/// a thousand: the waking thread has its own client to get back to, and
-/// one thread cannot make every send of a big room's traffic).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Round {
-    woken_before: usize,
-}
-
-impl Round {
-    /// A wake on its own, or the first of a round.
-    pub fn first() -> Round {
-        Round::default()
-    }
-
-    /// How many mailboxes this round woke before this one.
-    pub fn woken_before(self) -> usize {
-        self.woken_before
-    }
-}
-
-/// Mailboxes to wake once no lock is held: what registry operations hand
-/// back. The caller wakes them when it suits it (a reader, after the
-/// message it is handling; so the writing happens at the top of its stack,
-/// and what several requests queued for one client goes out together).
-#[derive(Default)]
-pub struct Wakes(Vec<Arc<dyn Mailbox>>);
-
-impl Wakes {
-    pub(crate) fn add(&mut self, mailbox: &Arc<dyn Mailbox>) {
-        self.0.push(Arc::clone(mailbox));
-    }
-
-    /// Wakes every mailbox collected so far.
-    pub fn wake_all(&mut self) {
-        for (woken_before, mailbox) in self.0.drain(..).enumerate() {
-            mailbox.wake(&Round { woken_before });
-        }
-    }
-}
-
 /// What the pushes of one operation left to do.
 struct Delivery<'w> {
-    /// Slow consumers to take out of their rooms (still under the lock).
-    evicted: Vec<ClientId>,
+    fanout: Fanout<'w>,
     /// The requester's `ack`, queued last: after every frame the request
     /// caused for it, the `userLeft` of members it pushed over the edge too.
     ack: Option<(ClientId, Arc<Outgoing>)>,
-    /// Mailboxes to wake once the lock is released.
-    wakes: &'w mut Wakes,
 }
 
 impl Delivery<'_> {
     fn new(wakes: &mut Wakes) -> Delivery<'_> {
         Delivery {
-            evicted: Vec::new(),
+            fanout: Fanout::new(wakes),
             ack: None,
-            wakes,
-        }
-    }
-
-    fn push(&mut self, id: ClientId, mailbox: &Arc<dyn Mailbox>, event: &Arc<Outgoing>) {
-        match mailbox.push(event) {
-            Ok(false) => {}
-            Ok(true) => self.wakes.add(mailbox),
-            Err(Overflow) => {
-                self.evicted.push(id);
-                self.wakes.add(mailbox);
-            }
         }
     }
 }
@@ -205,11 +99,8 @@ impl Room {
 
     /// Queues `event` for every member but `except`.
     fn send_all(&self, event: &Arc<Outgoing>, except: Option<ClientId>, d: &mut Delivery) {
-        for member in &self.members {
-            if Some(member.id) != except {
-                d.push(member.id, &member.mailbox, event);
-            }
-        }
+        let members = self.members.iter().map(|m| (m.id, &m.mailbox));
+        d.fanout.push_all(members, event, except);
     }
 
     /// The `joined` answer for `id`: everyone here, and the history. Only
@@ -226,7 +117,7 @@ impl Room {
         let weight = users.iter().map(|(_, u)| u.len() + 32).sum::<usize>()
             + history.iter().map(|m| m.weight()).sum::<usize>();
         let (room, username) = (name.to_owned(), username.to_owned());
-        Outgoing::later("joined", weight, move || {
+        Outgoing::joined_later(weight, move || {
             let data = JoinedData {
                 room: &room,
                 username: &username,
@@ -240,7 +131,7 @@ impl Room {
                     .collect(),
                 history: history.iter().map(|m| m.raw()).collect(),
             };
-            to_raw(&data)
+            ServerEvent::Joined(data).data()
         })
     }
 }
@@ -249,7 +140,6 @@ impl Registry {
     pub fn new(history_limit: usize, metrics: Arc<Metrics>) -> Registry {
         Registry {
             inner: Mutex::default(),
-            emptied: Condvar::new(),
             history_limit,
             metrics,
         }
@@ -270,21 +160,13 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a connected client, not yet in a room; refused once
-    /// shutdown has begun (the client would miss its Close).
-    pub fn connect(&self, id: ClientId, mailbox: Arc<dyn Mailbox>) -> Result<(), Closing> {
-        let mut inner = self.lock();
-        if inner.closing {
-            return Err(Closing);
-        }
-        inner.clients.insert(
-            id,
-            Client {
-                mailbox,
-                room: None,
-            },
-        );
-        Ok(())
+    /// Registers a connected client, not yet in a room.
+    pub fn connect(&self, id: ClientId, mailbox: Arc<dyn Mailbox>) {
+        let client = Registered {
+            mailbox,
+            room: None,
+        };
+        self.lock().clients.insert(id, client);
     }
 
     /// Forgets a client, telling its room `userLeft`. Safe to call twice.
@@ -294,7 +176,6 @@ impl Registry {
         inner.leave_room(id, &mut d);
         inner.clients.remove(&id);
         self.finish(inner, d);
-        self.emptied.notify_all();
     }
 
     pub fn in_room(&self, id: ClientId) -> bool {
@@ -329,7 +210,7 @@ impl Registry {
             room: Some(room),
             ..AckData::ok()
         };
-        inner.send_ack(id, ack, &data, &mut d);
+        inner.send_ack(id, ack, data, &mut d);
         self.finish(inner, d);
     }
 
@@ -343,12 +224,9 @@ impl Registry {
         let mut inner = self.lock();
         let mut d = Delivery::new(wakes);
         let room = inner.leave_room(id, &mut d).ok_or(NotInRoom)?;
-        inner.send_to(
-            id,
-            &Outgoing::new("left", &LeftData { room: &room }, None),
-            &mut d,
-        );
-        inner.send_ack(id, ack, &AckData::ok(), &mut d);
+        let left = ServerEvent::Left(LeftData { room: &room });
+        inner.send_to(id, &Outgoing::event(&left, None), &mut d);
+        inner.send_ack(id, ack, AckData::ok(), &mut d);
         self.finish(inner, d);
         Ok(())
     }
@@ -379,7 +257,7 @@ impl Registry {
             text,
             ts: unix_millis(),
         };
-        let event = Outgoing::new("chatMessage", &data, None);
+        let event = Outgoing::event(&ServerEvent::ChatMessage(data), None);
         room.send_all(&event, None, &mut d);
         if limit > 0 {
             if room.history.len() == limit {
@@ -391,7 +269,7 @@ impl Registry {
             seq: Some(seq),
             ..AckData::ok()
         };
-        inner.send_ack(id, ack, &data, &mut d);
+        inner.send_ack(id, ack, data, &mut d);
         self.finish(inner, d);
         Ok(seq)
     }
@@ -414,8 +292,9 @@ impl Registry {
             username: room.username(id),
             typing,
         };
-        room.send_all(&Outgoing::new("typing", &data, None), Some(id), &mut d);
-        inner.send_ack(id, ack, &AckData::ok(), &mut d);
+        let event = Outgoing::event(&ServerEvent::Typing(data), None);
+        room.send_all(&event, Some(id), &mut d);
+        inner.send_ack(id, ack, AckData::ok(), &mut d);
         self.finish(inner, d);
         Ok(())
     }
@@ -429,54 +308,6 @@ impl Registry {
             .collect()
     }
 
-    /// Shutdown: queues a Close with `code` for every client. The mailboxes
-    /// are copied out first: closing may start a writer, not a thing to do
-    /// under the lock.
-    pub fn close_all(&self, code: u16, reason: &str) {
-        let mailboxes = {
-            let mut inner = self.lock();
-            inner.closing = true;
-            inner.mailboxes()
-        };
-        for mailbox in mailboxes {
-            mailbox.close(code, reason);
-        }
-    }
-
-    /// Cuts every remaining connection at the socket.
-    pub fn abort_all(&self) {
-        for mailbox in self.mailboxes() {
-            mailbox.abort();
-        }
-    }
-
-    fn mailboxes(&self) -> Vec<Arc<dyn Mailbox>> {
-        let inner = self.lock();
-        inner
-            .clients
-            .values()
-            .map(|c| Arc::clone(&c.mailbox))
-            .collect()
-    }
-
-    /// Waits until no client is registered, or until `timeout`. True if empty.
-    pub fn wait_empty(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut inner = self.lock();
-        while !inner.clients.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            inner = self
-                .emptied
-                .wait_timeout(inner, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
-    }
-
     /// Ends an operation: takes slow consumers out of their rooms (their
     /// `userLeft` may find more), queues the requester's ack, refreshes the
     /// rooms gauge and unlocks. The mailboxes to wake are in the caller's
@@ -488,6 +319,11 @@ impl Registry {
             inner.evict(&mut d);
         }
         self.metrics.set_rooms(inner.rooms.len());
+    }
+
+    /// True when no client is registered.
+    pub fn is_empty(&self) -> bool {
+        self.lock().clients.is_empty()
     }
 
     /// Panics unless every client is in at most one room, each room's member
@@ -512,17 +348,10 @@ impl Registry {
 }
 
 impl Inner {
-    fn mailboxes(&self) -> Vec<Arc<dyn Mailbox>> {
-        self.clients
-            .values()
-            .map(|c| Arc::clone(&c.mailbox))
-            .collect()
-    }
-
     /// Takes the slow consumers found so far out of their rooms; their
     /// `userLeft` may find more.
     fn evict(&mut self, d: &mut Delivery) {
-        while let Some(id) = d.evicted.pop() {
+        while let Some(id) = d.fanout.evicted.pop() {
             self.leave_room(id, d);
         }
     }
@@ -533,14 +362,14 @@ impl Inner {
 
     fn send_to(&self, id: ClientId, event: &Arc<Outgoing>, d: &mut Delivery) {
         if let Some(client) = self.clients.get(&id) {
-            d.push(id, &client.mailbox, event);
+            d.fanout.push(id, &client.mailbox, event);
         }
     }
 
     /// Sets the requester's `ack` aside; `finish` queues it last.
-    fn send_ack(&self, id: ClientId, ack: Option<u64>, data: &AckData<'_>, d: &mut Delivery) {
+    fn send_ack(&self, id: ClientId, ack: Option<u64>, data: AckData<'_>, d: &mut Delivery) {
         if let Some(ack) = ack {
-            d.ack = Some((id, Outgoing::new("ack", data, Some(ack))));
+            d.ack = Some((id, Outgoing::event(&ServerEvent::Ack(data), Some(ack))));
         }
     }
 
@@ -553,8 +382,16 @@ impl Inner {
             return;
         }
         let old = std::mem::replace(&mut me.username, username.into());
-        r.send_all(&presence("userLeft", room, id, &old), Some(id), d);
-        r.send_all(&presence("userJoined", room, id, username), Some(id), d);
+        r.send_all(
+            &presence(ServerEvent::UserLeft, room, &id, &old),
+            Some(id),
+            d,
+        );
+        r.send_all(
+            &presence(ServerEvent::UserJoined, room, &id, username),
+            Some(id),
+            d,
+        );
     }
 
     /// Moves the client from its room (if any) into `room`, telling the
@@ -567,7 +404,11 @@ impl Inner {
         client.room = Some(room.to_owned());
         let mailbox = Arc::clone(&client.mailbox);
         let r = self.rooms.entry(room.to_owned()).or_default();
-        r.send_all(&presence("userJoined", room, id, username), None, d);
+        r.send_all(
+            &presence(ServerEvent::UserJoined, room, &id, username),
+            None,
+            d,
+        );
         r.members.push(Member {
             id,
             username: username.into(),
@@ -586,55 +427,37 @@ impl Inner {
         if room.members.is_empty() {
             self.rooms.remove(&name);
         } else {
-            room.send_all(&presence("userLeft", &name, id, &member.username), None, d);
+            let left = presence(ServerEvent::UserLeft, &name, &id, &member.username);
+            room.send_all(&left, None, d);
         }
         Some(name)
     }
 }
 
 /// A `userJoined` or `userLeft` event.
-fn presence(event: &'static str, room: &str, id: ClientId, username: &str) -> Arc<Outgoing> {
-    let data = PresenceData {
-        room,
-        id: Id(&id),
-        username,
-    };
-    Outgoing::new(event, &data, None)
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+fn presence<'a>(
+    event: fn(PresenceData<'a>) -> ServerEvent<'a>,
+    room: &'a str,
+    id: &'a ClientId,
+    username: &'a str,
+) -> Arc<Outgoing> {
+    let id = Id(id);
+    Outgoing::event(&event(PresenceData { room, id, username }), None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossbeam_channel::{Receiver, Sender};
-
-    /// A mailbox that only records: the registry's view of a client, with no socket.
-    struct Recorder(Sender<Arc<Outgoing>>);
-
-    impl Mailbox for Recorder {
-        fn push(&self, event: &Arc<Outgoing>) -> Result<bool, Overflow> {
-            self.0.send(Arc::clone(event)).map_err(|_| Overflow)?;
-            Ok(false)
-        }
-        fn wake(&self, _: &Round) {}
-        fn close(&self, _: u16, _: &str) {}
-        fn abort(&self) {}
-    }
+    use crate::delivery::Recorder;
+    use crossbeam_channel::Receiver;
 
     /// A registry (history 2) and `n` recorded clients.
     fn setup(n: u64) -> (Registry, Vec<Receiver<Arc<Outgoing>>>) {
         let registry = Registry::new(2, Arc::new(Metrics::default()));
         let receivers = (0..n)
             .map(|i| {
-                let (tx, rx) = crossbeam_channel::unbounded();
-                registry
-                    .connect(ClientId(i), Arc::new(Recorder(tx)))
-                    .unwrap();
+                let (recorder, rx) = Recorder::new();
+                registry.connect(ClientId(i), recorder);
                 rx
             })
             .collect();

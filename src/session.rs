@@ -10,11 +10,12 @@ use std::time::Instant;
 use log::{debug, info};
 
 use crate::codec::{Codec, Encoding, Inbound, Outgoing};
+use crate::delivery::{ClientId, Mailbox, Refused, Wakes};
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{
     self, ClientEvent, ConnectedData, Envelope, ErrorCode, EventName, Id, Limits, Rejection,
+    ServerEvent,
 };
-use crate::rooms::{ClientId, Mailbox, Refused, Wakes};
 use crate::shared::{Admission, Shared};
 
 /// What the connection does after a message.
@@ -62,7 +63,7 @@ impl Session {
                 rate_limit: config.rate_limit.0,
             },
         };
-        Outgoing::new("connected", &data, None)
+        Outgoing::event(&ServerEvent::Connected(data), None)
     }
 
     /// Wakes whatever the requests handled so far queued for: their writes
@@ -162,7 +163,7 @@ impl Session {
         let (code, message) = (rejection.code.as_str(), &rejection.message);
         debug!("client {}: {code} ({message})", self.id);
         self.shared.metrics.error_sent(rejection.code);
-        let error = Outgoing::new("error", &rejection.data(), rejection.ack);
+        let error = Outgoing::event(&ServerEvent::Error(rejection.data()), rejection.ack);
         self.queue(Outbound::Event(error));
     }
 
@@ -184,7 +185,7 @@ pub(crate) struct Client {
     pub(crate) outbox: Arc<Outbox>,
     // Dropped in this order, with the client: the room hears `userLeft`,
     // then the place under `--max-connections` frees.
-    _membership: Membership,
+    _registration: Registration,
     _admission: Admission,
 }
 
@@ -201,12 +202,12 @@ impl Client {
         let id = shared.next_client_id();
         let metrics = Arc::clone(&shared.metrics);
         let outbox = Arc::new(Outbox::new(socket, encoding, metrics));
-        let membership = Membership::register(id, outbox.clone(), shared)?;
+        let registration = Registration::register(id, outbox.clone(), shared)?;
         info!("client {id} connected ({encoding:?})");
         Some(Client {
             session: Session::new(id, Arc::clone(&outbox), Arc::clone(shared)),
             codec: Codec::new(encoding, id),
-            _membership: membership,
+            _registration: registration,
             outbox,
             _admission: admission,
         })
@@ -221,34 +222,34 @@ impl Client {
     /// its writer has ended (a writer counts against the same place).
     pub(crate) fn leave(self) -> Admission {
         let Client {
-            _membership,
+            _registration,
             _admission,
             ..
         } = self;
-        drop(_membership);
+        drop(_registration);
         _admission
     }
 }
 
 /// A client that leaves its room when dropped: whatever way its connection
 /// ends, a panic included, the room hears `userLeft` and forgets it.
-struct Membership {
+struct Registration {
     id: ClientId,
     shared: Arc<Shared>,
 }
 
-impl Membership {
+impl Registration {
     fn register(id: ClientId, mailbox: Arc<dyn Mailbox>, shared: &Arc<Shared>) -> Option<Self> {
         shared.rooms.connect(id, mailbox).ok()?;
         shared.metrics.client_connected();
-        Some(Membership {
+        Some(Registration {
             id,
             shared: Arc::clone(shared),
         })
     }
 }
 
-impl Drop for Membership {
+impl Drop for Registration {
     fn drop(&mut self) {
         let mut wakes = Wakes::default();
         self.shared.rooms.disconnect(self.id, &mut wakes);

@@ -6,14 +6,15 @@ use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::cluster::Cluster;
 use crate::config::{Config, Origins};
+use crate::delivery::{ClientId, Closing, Mailbox, Refused, Roster, Wakes};
 use crate::metrics::Metrics;
-use crate::rooms::{ClientId, Closing, Mailbox, Refused, Registry, Wakes};
+use crate::rooms::Registry;
 
 pub(crate) struct Shared {
     pub(crate) config: Config,
@@ -52,14 +53,17 @@ impl Shared {
             .write_buffer_size(0)
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
-        let rooms = match cluster {
-            Some(cluster) => Rooms::Cluster(cluster),
+        let engine = match cluster {
+            Some(cluster) => Engine::Cluster(cluster),
             None => {
                 let registry = Registry::new(config.history, Arc::clone(&metrics));
                 registry.reserve_clients(max_connections);
-                Rooms::Local(registry)
+                Engine::Local(registry)
             }
         };
+        let roster = Roster::default();
+        roster.reserve(max_connections);
+        let rooms = Rooms { engine, roster };
         Shared {
             config,
             max_connections,
@@ -102,6 +106,12 @@ impl Shared {
         !*guard
     }
 
+    /// How long writing one answer may take: a peer that does not read
+    /// holds its own thread this long, and nobody else.
+    pub(crate) fn answer_deadline(&self) -> Instant {
+        Instant::now() + self.config.idle_timeout
+    }
+
     /// A place for one more client, unless `max_connections` are taken.
     pub(crate) fn admit(&self) -> Option<Admission> {
         let max = self.max_connections;
@@ -114,11 +124,18 @@ impl Shared {
     }
 }
 
+/// The rooms, whichever engine holds them, and the roster of every
+/// connected client that shutdown closes.
+pub(crate) struct Rooms {
+    engine: Engine,
+    roster: Roster,
+}
+
 /// Where rooms live: in this process (the registry), or in Redis, shared by
 /// every node of a cluster. The one seam between the two engines: each call
 /// is a `match`, so the single-node path stays the registry's own code, with
-/// no indirection, lock or allocation added.
-pub(crate) enum Rooms {
+/// no indirection added.
+enum Engine {
     Local(Registry),
     Cluster(Cluster),
 }
@@ -127,30 +144,36 @@ impl Rooms {
     /// A client's id on the wire: `42` on a single node, `<node tag>-42` in
     /// a cluster, so that ids stay unique across nodes and Redis restarts.
     pub(crate) fn wire_id(&self, id: ClientId) -> WireId<'_> {
-        match self {
-            Rooms::Local(_) => WireId(None, id),
-            Rooms::Cluster(c) => WireId(Some(c.tag()), id),
+        match &self.engine {
+            Engine::Local(_) => WireId(None, id),
+            Engine::Cluster(c) => WireId(Some(c.tag()), id),
         }
     }
 
+    /// Registers a connected client, not yet in a room; refused once
+    /// shutdown has begun (the client would miss its Close).
     pub(crate) fn connect(&self, id: ClientId, mailbox: Arc<dyn Mailbox>) -> Result<(), Closing> {
-        match self {
-            Rooms::Local(r) => r.connect(id, mailbox),
-            Rooms::Cluster(c) => c.connect(id, mailbox),
+        self.roster.connect(id, Arc::clone(&mailbox))?;
+        match &self.engine {
+            Engine::Local(r) => r.connect(id, mailbox),
+            Engine::Cluster(c) => c.connect(id, mailbox),
         }
+        Ok(())
     }
 
+    /// Forgets a client, telling its room `userLeft`. Safe to call twice.
     pub(crate) fn disconnect(&self, id: ClientId, wakes: &mut Wakes) {
-        match self {
-            Rooms::Local(r) => r.disconnect(id, wakes),
-            Rooms::Cluster(c) => c.disconnect(id),
+        match &self.engine {
+            Engine::Local(r) => r.disconnect(id, wakes),
+            Engine::Cluster(c) => c.disconnect(id),
         }
+        self.roster.disconnect(id);
     }
 
     pub(crate) fn in_room(&self, id: ClientId) -> bool {
-        match self {
-            Rooms::Local(r) => r.in_room(id),
-            Rooms::Cluster(c) => c.in_room(id),
+        match &self.engine {
+            Engine::Local(r) => r.in_room(id),
+            Engine::Cluster(c) => c.in_room(id),
         }
     }
 
@@ -164,12 +187,12 @@ impl Rooms {
         ack: Option<u64>,
         wakes: &mut Wakes,
     ) -> Result<(), Refused> {
-        match self {
-            Rooms::Local(r) => {
+        match &self.engine {
+            Engine::Local(r) => {
                 r.join(id, username, room, ack, wakes);
                 Ok(())
             }
-            Rooms::Cluster(c) => c.join(id, username, room, ack),
+            Engine::Cluster(c) => c.join(id, username, room, ack),
         }
     }
 
@@ -180,12 +203,12 @@ impl Rooms {
         ack: Option<u64>,
         wakes: &mut Wakes,
     ) -> Result<(), Refused> {
-        match self {
-            Rooms::Local(r) => r
+        match &self.engine {
+            Engine::Local(r) => r
                 .chat(id, text, ack, wakes)
                 .map(drop)
                 .map_err(Refused::from),
-            Rooms::Cluster(c) => c.chat(id, text, ack),
+            Engine::Cluster(c) => c.chat(id, text, ack),
         }
     }
 
@@ -196,9 +219,9 @@ impl Rooms {
         ack: Option<u64>,
         wakes: &mut Wakes,
     ) -> Result<(), Refused> {
-        match self {
-            Rooms::Local(r) => r.typing(id, typing, ack, wakes).map_err(Refused::from),
-            Rooms::Cluster(c) => c.typing(id, typing, ack),
+        match &self.engine {
+            Engine::Local(r) => r.typing(id, typing, ack, wakes).map_err(Refused::from),
+            Engine::Cluster(c) => c.typing(id, typing, ack),
         }
     }
 
@@ -208,9 +231,9 @@ impl Rooms {
         ack: Option<u64>,
         wakes: &mut Wakes,
     ) -> Result<(), Refused> {
-        match self {
-            Rooms::Local(r) => r.leave(id, ack, wakes).map_err(Refused::from),
-            Rooms::Cluster(c) => c.leave(id, ack),
+        match &self.engine {
+            Engine::Local(r) => r.leave(id, ack, wakes).map_err(Refused::from),
+            Engine::Cluster(c) => c.leave(id, ack),
         }
     }
 
@@ -218,7 +241,7 @@ impl Rooms {
     /// queued (a cluster node delivers them from its subscriber thread); the
     /// reader calls it before queuing an answer of its own.
     pub(crate) fn settle(&self, id: ClientId) {
-        if let Rooms::Cluster(c) = self {
+        if let Engine::Cluster(c) = &self.engine {
             c.settle(id);
         }
     }
@@ -226,45 +249,39 @@ impl Rooms {
     /// `/api/rooms`: rooms and member counts sorted by name, the cluster's
     /// in a cluster; `Unavailable` while Redis is unreachable.
     pub(crate) fn list(&self) -> Result<Vec<(String, usize)>, Refused> {
-        match self {
-            Rooms::Local(r) => Ok(r.rooms()),
-            Rooms::Cluster(c) => c.list(),
+        match &self.engine {
+            Engine::Local(r) => Ok(r.rooms()),
+            Engine::Cluster(c) => c.list(),
         }
     }
 
     /// `/healthz`: false while a cluster node's Redis is unusable.
     pub(crate) fn healthy(&self) -> bool {
-        match self {
-            Rooms::Local(_) => true,
-            Rooms::Cluster(c) => c.healthy(),
+        match &self.engine {
+            Engine::Local(_) => true,
+            Engine::Cluster(c) => c.healthy(),
         }
     }
 
+    /// Shutdown: no more clients; queues a Close with `code` for each.
     pub(crate) fn close_all(&self, code: u16, reason: &str) {
-        match self {
-            Rooms::Local(r) => r.close_all(code, reason),
-            Rooms::Cluster(c) => c.close_all(code, reason),
-        }
+        self.roster.close_all(code, reason);
     }
 
+    /// Cuts every remaining client at the socket.
     pub(crate) fn abort_all(&self) {
-        match self {
-            Rooms::Local(r) => r.abort_all(),
-            Rooms::Cluster(c) => c.abort_all(),
-        }
+        self.roster.abort_all();
     }
 
+    /// Waits until no client is connected, or until `timeout`. True if empty.
     pub(crate) fn wait_empty(&self, timeout: Duration) -> bool {
-        match self {
-            Rooms::Local(r) => r.wait_empty(timeout),
-            Rooms::Cluster(c) => c.wait_empty(timeout),
-        }
+        self.roster.wait_empty(timeout)
     }
 
     /// Shutdown, before clients are closed: a cluster node takes its
     /// members out of Redis at once and stops its threads.
     pub(crate) fn leave_cluster(&self) {
-        if let Rooms::Cluster(c) = self {
+        if let Engine::Cluster(c) = &self.engine {
             c.shutdown();
         }
     }

@@ -1,6 +1,13 @@
-//! A room event as the Lua scripts publish and log it: twelve fields
-//! joined by `\n` (room names hold no control characters and serde_json
-//! never writes a raw newline). Pure: parsing only, unit-tested.
+//! A room event as the Lua scripts publish and log it: fields, not event
+//! JSON. A node turns them into the protocol's events through the same
+//! builders as the single-node registry (`protocol::ServerEvent`), so the
+//! two engines cannot disagree on a shape.
+//!
+//! Twelve fields joined by `\n`; lists inside a field are joined by `\t`.
+//! Neither character can occur inside a field: room names and usernames
+//! hold no control characters, and the values that can (usernames, a chat
+//! text) travel as JSON strings, which serde_json writes without raw
+//! control characters. Pure: parsing only, unit-tested.
 
 use std::fmt;
 
@@ -58,7 +65,13 @@ pub(crate) enum Kind {
     Gone,
 }
 
-/// One event, borrowing from the message it was read from.
+/// One event, borrowing from the message it was read from. The fields
+/// after `ack`: `name` the origin's username (a JSON string) in every
+/// event; `body` per kind: a chat message's `<ts>\t<text as JSON>` (see
+/// [`chat_body`]), typing's `true`/`false`, a rename's old name (JSON);
+/// and for an own join the snapshot: `users` (`<id>\t<name>` pairs, in
+/// join order, flattened) and `history` (chat records, one a line, see
+/// [`ChatRecord`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Event<'a> {
     pub(crate) kind: Kind,
@@ -74,11 +87,9 @@ pub(crate) struct Event<'a> {
     pub(crate) q: u64,
     /// The `ack` the origin's request carried.
     pub(crate) ack: Option<u64>,
-    pub(crate) data: &'a str,
-    pub(crate) old: &'a str,
-    /// `joined.users` as a JSON array (own joins only).
+    pub(crate) name: &'a str,
+    pub(crate) body: &'a str,
     pub(crate) users: &'a str,
-    /// `joined.history` as a JSON array (own joins only).
     pub(crate) history: &'a str,
 }
 
@@ -125,12 +136,111 @@ impl<'a> Event<'a> {
             origin,
             q,
             ack,
-            data: field("data")?,
-            old: field("old")?,
+            name: field("name")?,
+            body: field("body")?,
             users: field("users")?,
             history: field("history")?,
         })
     }
+
+    /// The origin's username.
+    pub(crate) fn username(&self) -> Result<String, Malformed> {
+        json_text(self.name).ok_or(Malformed("name"))
+    }
+
+    /// A chat message's record: its `seq`, origin, name, `ts` and text.
+    pub(crate) fn chat(&self) -> Result<ChatRecord<'a>, Malformed> {
+        let (ts, text) = self.body.split_once('\t').ok_or(Malformed("body"))?;
+        Ok(ChatRecord {
+            seq: self.pos.seq,
+            id: self.origin,
+            name: self.name,
+            ts: number(ts).ok_or(Malformed("body"))?,
+            text,
+        })
+    }
+
+    /// Typing's flag.
+    pub(crate) fn typing(&self) -> Result<bool, Malformed> {
+        match self.body {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(Malformed("body")),
+        }
+    }
+
+    /// A rename's old username.
+    pub(crate) fn old_username(&self) -> Result<String, Malformed> {
+        json_text(self.body).ok_or(Malformed("body"))
+    }
+
+    /// An own join's `users`: (id, username) in join order.
+    pub(crate) fn users(&self) -> Result<Vec<(&'a str, String)>, Malformed> {
+        let mut fields = self.users.split('\t').filter(|f| !f.is_empty());
+        let mut users = Vec::new();
+        while let Some(id) = fields.next() {
+            let name = fields.next().and_then(json_text);
+            users.push((id, name.ok_or(Malformed("users"))?));
+        }
+        Ok(users)
+    }
+
+    /// An own join's `history`: the room's last chat messages, oldest first.
+    pub(crate) fn history(&self) -> Result<Vec<ChatRecord<'a>>, Malformed> {
+        let lines = self.history.split('\n').filter(|l| !l.is_empty());
+        lines.map(ChatRecord::parse).collect()
+    }
+}
+
+/// What the history list in Redis keeps of a chat message:
+/// `<seq>\t<id>\t<name>\t<ts>\t<text>`, name and text as JSON strings.
+/// The chat script appends `<seq>\t<id>\t<name>\t` to the body it is
+/// handed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChatRecord<'a> {
+    pub(crate) seq: u64,
+    pub(crate) id: &'a str,
+    /// The username as a JSON string.
+    pub(crate) name: &'a str,
+    pub(crate) ts: u64,
+    /// The text as a JSON string.
+    pub(crate) text: &'a str,
+}
+
+impl<'a> ChatRecord<'a> {
+    fn parse(line: &'a str) -> Result<ChatRecord<'a>, Malformed> {
+        let mut f = line.splitn(5, '\t');
+        let mut field = || f.next().ok_or(Malformed("history"));
+        Ok(ChatRecord {
+            seq: number(field()?).ok_or(Malformed("history"))?,
+            id: field()?,
+            name: field()?,
+            ts: number(field()?).ok_or(Malformed("history"))?,
+            text: field()?,
+        })
+    }
+
+    /// The username and the text, decoded.
+    pub(crate) fn strings(&self) -> Result<(String, String), Malformed> {
+        let name = json_text(self.name).ok_or(Malformed("name"))?;
+        let text = json_text(self.text).ok_or(Malformed("text"))?;
+        Ok((name, text))
+    }
+}
+
+/// A chat message's `body` as the chat script is handed it.
+pub(crate) fn chat_body(ts: u64, text: &str) -> String {
+    format!("{ts}\t{}", json_string(text))
+}
+
+/// A string as JSON: how names and texts travel through Redis.
+pub(crate) fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string always serializes")
+}
+
+/// The string a JSON string holds.
+fn json_text(json: &str) -> Option<String> {
+    serde_json::from_str(json).ok()
 }
 
 fn number(text: &str) -> Option<u64> {
@@ -143,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_chat_event_parses() {
-        let text = "m\nlobby\nab12\n7\n3\nk3v9-42\n5\n9\n{\"seq\":7}\n\n\n";
+        let text = "m\nlobby\nab12\n7\n3\nk3v9-42\n5\n9\n\"ann\"\n12\t\"hi\\n\"\n\n";
         let ev = Event::parse(text).unwrap();
         assert_eq!(
             (ev.kind, ev.own, ev.room, ev.epoch),
@@ -151,16 +261,35 @@ mod tests {
         );
         assert_eq!(ev.pos, Pos { seq: 7, k: 3 });
         assert_eq!((ev.origin, ev.q, ev.ack), ("k3v9-42", 5, Some(9)));
-        assert_eq!(ev.data, "{\"seq\":7}");
-        assert_eq!((ev.old, ev.users, ev.history), ("", "", ""));
+        assert_eq!(ev.username().unwrap(), "ann");
+        let chat = ev.chat().unwrap();
+        assert_eq!((chat.seq, chat.id, chat.ts), (7, "k3v9-42", 12));
+        assert_eq!(chat.strings().unwrap(), ("ann".into(), "hi\n".into()));
+        assert_eq!((ev.users, ev.history), ("", ""));
     }
 
     #[test]
     fn own_joins_carry_their_snapshot_and_no_ack_is_none() {
-        let text = "J\nr\ne\n0\n1\nx-1\n1\n\n{}\n\n[{\"id\":\"x-1\"}]\n[]";
-        let ev = Event::parse(text).unwrap();
+        let history = format!(
+            "1\tw-2\t\"bo\"\t5\t{}\n2\tx-1\t\"cy\"\t6\t\"b\"",
+            json_string("a\tb")
+        );
+        let text =
+            format!("J\nr\ne\n2\n1\nx-1\n1\n\n\"cy\"\n\nw-2\t\"bo\"\tx-1\t\"cy\"\n{history}");
+        let ev = Event::parse(&text).unwrap();
         assert!(ev.own && ev.kind == Kind::Join && ev.ack.is_none());
-        assert_eq!((ev.users, ev.history), ("[{\"id\":\"x-1\"}]", "[]"));
+        assert_eq!(
+            ev.users().unwrap(),
+            [("w-2", "bo".to_owned()), ("x-1", "cy".to_owned())]
+        );
+        let history = ev.history().unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(
+            (history[0].seq, history[0].id, history[0].ts),
+            (1, "w-2", 5)
+        );
+        assert_eq!(history[0].strings().unwrap().1, "a\tb");
+        assert_eq!(history[1].strings().unwrap(), ("cy".into(), "b".into()));
     }
 
     #[test]
@@ -169,8 +298,12 @@ mod tests {
         assert_eq!(Event::parse("m\nr\ne\nnope"), Err(Malformed("seq")));
         assert_eq!(
             Event::parse("m\nr\ne\n1\n2\no\n3\n4\nd"),
-            Err(Malformed("old"))
+            Err(Malformed("body"))
         );
+        let chat = Event::parse("m\nr\ne\n1\n2\no\n3\n4\n\"a\"\nno tab\n\n").unwrap();
+        assert_eq!(chat.chat(), Err(Malformed("body")));
+        let join = Event::parse("J\nr\ne\n1\n2\no\n3\n4\n\"a\"\n\nx-1\n").unwrap();
+        assert_eq!(join.users(), Err(Malformed("users")));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use redis::Connection;
 use super::link::IO_TIMEOUT;
 use super::scripts::{self, Beat};
 use super::state::Effects;
-use super::{random_tag, unix_millis, Node};
+use super::{random_tag, Node};
+use crate::delivery::unix_millis;
 
 /// Members one reaper call takes out; it is called again while it fills its batch.
 const REAP_BATCH: u32 = 200;

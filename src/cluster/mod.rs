@@ -30,7 +30,7 @@ mod subscriber;
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,11 +38,12 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
 
 use crate::config::Config;
+use crate::delivery::{unix_millis, ClientId, Mailbox, Refused};
 use crate::metrics::Metrics;
-use crate::rooms::{ClientId, Closing, Mailbox, Refused};
+use event::{chat_body, json_string};
 use link::{Down, Link, Target, IO_TIMEOUT};
 use scripts::{Call, Outcome};
-use state::{json_string, Barrier, Effects, Leave, Request, State, Waited};
+use state::{Barrier, Effects, Leave, Request, State, Waited};
 
 /// How long startup keeps trying to reach Redis before giving up.
 const STARTUP_WINDOW: Duration = Duration::from_secs(5);
@@ -60,9 +61,9 @@ const SELF_REAP_BUDGET: Duration = Duration::from_millis(500);
 
 /// Why the cluster could not start.
 #[derive(Debug)]
-pub(crate) struct StartError(pub(crate) String);
+pub(crate) struct CannotStart(pub(crate) String);
 
-impl fmt::Display for StartError {
+impl fmt::Display for CannotStart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -80,8 +81,6 @@ pub(crate) struct Cluster {
 pub(crate) struct Node {
     link: Link,
     state: Mutex<State>,
-    /// Signalled whenever a client goes, for `wait_empty`.
-    emptied: Condvar,
     /// This node's tag: client ids on the wire are `<tag>-<n>`.
     tag: String,
     prefix: String,
@@ -101,10 +100,10 @@ pub(crate) struct Node {
 impl Cluster {
     /// Connects to Redis, registers this node, subscribes to its channel and
     /// starts its threads; Redis must answer within 5 seconds.
-    pub(crate) fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Cluster, StartError> {
+    pub(crate) fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Cluster, CannotStart> {
         let url = config.redis.as_deref().unwrap_or_default();
         let target = Target::parse(url).map_err(|e| {
-            StartError(format!(
+            CannotStart(format!(
                 "invalid Redis URL {}: {e}",
                 link::mask_password(url)
             ))
@@ -118,7 +117,6 @@ impl Cluster {
         let node = Arc::new(Node {
             link: Link::new(target, Arc::clone(&metrics)),
             state: Mutex::new(State::new(tag.clone())),
-            emptied: Condvar::new(),
             tag,
             prefix: config.redis_prefix.clone(),
             history: config.history,
@@ -141,7 +139,7 @@ impl Cluster {
                     body();
                     let _ = ended.send(());
                 })
-                .map_err(|e| StartError(format!("cannot start the {name} thread: {e}")))
+                .map_err(|e| CannotStart(format!("cannot start the {name} thread: {e}")))
         };
         let n = Arc::clone(&node);
         spawn("redis-sub", Box::new(move || subscriber::run(&n, ready_tx)))?;
@@ -174,8 +172,8 @@ impl Cluster {
     }
 
     /// Startup failed after the threads began: stop them, say why.
-    fn fail(self, why: String) -> StartError {
-        let error = StartError(format!("redis at {}: {why}", self.node.link.target()));
+    fn fail(self, why: String) -> CannotStart {
+        let error = CannotStart(format!("redis at {}: {why}", self.node.link.target()));
         self.shutdown();
         error
     }
@@ -185,19 +183,13 @@ impl Cluster {
         &self.node.tag
     }
 
-    pub(crate) fn connect(&self, id: ClientId, mailbox: Arc<dyn Mailbox>) -> Result<(), Closing> {
-        let mut state = self.node.lock();
-        if state.closing {
-            return Err(Closing);
-        }
-        state.connect(id, mailbox);
-        Ok(())
+    pub(crate) fn connect(&self, id: ClientId, mailbox: Arc<dyn Mailbox>) {
+        self.node.lock().connect(id, mailbox);
     }
 
     /// Forgets a client; its room hears `userLeft` through Redis.
     pub(crate) fn disconnect(&self, id: ClientId) {
         let membership = self.node.lock().disconnect(id);
-        self.node.emptied.notify_all();
         if let Some(m) = membership {
             self.node.leave_later(
                 Leave {
@@ -227,12 +219,10 @@ impl Cluster {
                     .membership
                     .as_ref()
                     .map(|m| (m.room.as_str(), m.epoch.as_str()));
-                let (username, room_json) = (json_string(username), json_string(room));
+                let username = json_string(username);
                 let epoch = random_tag(8);
                 let (outcome, _, kept) = node.link.call(|con| {
-                    scripts::join(
-                        con, call, &node.tag, &username, room, &room_json, &epoch, current,
-                    )
+                    scripts::join(con, call, &node.tag, &username, room, &epoch, current)
                 })?;
                 if !kept {
                     // The client's previous room had lost it: that room's state
@@ -248,20 +238,9 @@ impl Cluster {
     pub(crate) fn chat(&self, id: ClientId, text: &str, ack: Option<u64>) -> Result<(), Refused> {
         self.node.request(id, None, false, ack, |node, req, call| {
             let m = req.membership.as_ref().expect("begin checked the room");
-            // The chatMessage data as the single-node server writes it
-            // (`protocol::ChatMessageData`), in two halves around the `seq`
-            // that only Redis can give.
-            let before = format!("{{\"room\":{},\"seq\":", m.room_json);
-            let after = format!(
-                ",\"id\":\"{}\",\"username\":{},\"text\":{},\"ts\":{}}}",
-                call.id,
-                m.username_json,
-                json_string(text),
-                unix_millis()
-            );
-            let halves = (before.as_str(), after.as_str());
+            let body = chat_body(unix_millis(), text);
             node.link
-                .call(|con| scripts::chat(con, call, &m.room, &m.epoch, halves, node.history))
+                .call(|con| scripts::chat(con, call, &m.room, &m.epoch, &body, node.history))
         })
     }
 
@@ -273,12 +252,8 @@ impl Cluster {
     ) -> Result<(), Refused> {
         self.node.request(id, None, false, ack, |node, req, call| {
             let m = req.membership.as_ref().expect("begin checked the room");
-            let data = format!(
-                "{{\"room\":{},\"id\":\"{}\",\"username\":{},\"typing\":{typing}}}",
-                m.room_json, call.id, m.username_json
-            );
             node.link
-                .call(|con| scripts::typing(con, call, &m.room, &m.epoch, &data))
+                .call(|con| scripts::typing(con, call, &m.room, &m.epoch, typing))
         })
     }
 
@@ -312,42 +287,6 @@ impl Cluster {
     /// `/healthz`: Redis answers and the node's channel is subscribed.
     pub(crate) fn healthy(&self) -> bool {
         self.node.link.status.up()
-    }
-
-    pub(crate) fn close_all(&self, code: u16, reason: &str) {
-        let mailboxes = {
-            let mut state = self.node.lock();
-            state.closing = true;
-            state.mailboxes()
-        };
-        for mailbox in mailboxes {
-            mailbox.close(code, reason);
-        }
-    }
-
-    pub(crate) fn abort_all(&self) {
-        let mailboxes = self.node.lock().mailboxes();
-        for mailbox in mailboxes {
-            mailbox.abort();
-        }
-    }
-
-    pub(crate) fn wait_empty(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.node.lock();
-        while !state.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            state = self
-                .node
-                .emptied
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
     }
 
     /// Shutdown, before the clients are closed: refuse requests, take this
@@ -547,7 +486,7 @@ fn register(
     prefix: &str,
     tick: Duration,
     deadline: Instant,
-) -> Result<(String, String, redis::Connection, i64), StartError> {
+) -> Result<(String, String, redis::Connection, i64), CannotStart> {
     let ttl = health::ttl(tick);
     let mut last = String::from("no attempt");
     while Instant::now() < deadline {
@@ -573,7 +512,7 @@ fn register(
             Duration::from_millis(250).min(deadline.saturating_duration_since(Instant::now())),
         );
     }
-    Err(StartError(format!(
+    Err(CannotStart(format!(
         "cannot reach Redis at {target} within {}s: {last}",
         STARTUP_WINDOW.as_secs()
     )))
@@ -603,10 +542,4 @@ fn random_tag(len: usize) -> String {
         .iter()
         .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
         .collect()
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

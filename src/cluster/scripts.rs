@@ -83,10 +83,7 @@ const DEADLINE_MS: i64 = 500;
 impl Call<'_> {
     /// Milliseconds on Redis's clock after which the script does nothing.
     fn deadline(&self) -> i64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        now + self.offset_ms + DEADLINE_MS
+        crate::delivery::unix_millis() as i64 + self.offset_ms + DEADLINE_MS
     }
 
     fn ack(&self) -> String {
@@ -102,7 +99,6 @@ pub(crate) fn join(
     node: &str,
     username_json: &str,
     room: &str,
-    room_json: &str,
     new_epoch: &str,
     current: Option<(&str, &str)>,
 ) -> RedisResult<(Outcome, Option<String>, bool)> {
@@ -113,7 +109,6 @@ pub(crate) fn join(
         .arg(c.id)
         .arg(username_json)
         .arg(room)
-        .arg(room_json)
         .arg(new_epoch)
         .arg(LOG_LEN)
         .arg(c.q)
@@ -128,13 +123,13 @@ pub(crate) fn join(
     Ok((outcome, epoch, kept))
 }
 
-/// A chat message; the node builds its data around the number Redis gives.
+/// A chat message, its `body` made by `event::chat_body`; Redis numbers it.
 pub(crate) fn chat(
     con: &mut Connection,
     c: &Call<'_>,
     room: &str,
     epoch: &str,
-    (before, after): (&str, &str),
+    body: &str,
     history: usize,
 ) -> RedisResult<Outcome> {
     let reply: Vec<Value> = CHAT
@@ -144,8 +139,7 @@ pub(crate) fn chat(
         .arg(epoch)
         .arg(c.q)
         .arg(c.ack())
-        .arg(before)
-        .arg(after)
+        .arg(body)
         .arg(history)
         .arg(LOG_LEN)
         .arg(c.deadline())
@@ -158,7 +152,7 @@ pub(crate) fn typing(
     c: &Call<'_>,
     room: &str,
     epoch: &str,
-    data: &str,
+    typing: bool,
 ) -> RedisResult<Outcome> {
     let reply: Vec<Value> = TYPING
         .arg(c.prefix)
@@ -167,7 +161,7 @@ pub(crate) fn typing(
         .arg(epoch)
         .arg(c.q)
         .arg(c.ack())
-        .arg(data)
+        .arg(if typing { "true" } else { "false" })
         .arg(LOG_LEN)
         .arg(c.deadline())
         .invoke(con)?;

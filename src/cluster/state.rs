@@ -10,13 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::json;
-use serde_json::value::RawValue;
-
-use super::event::{Event, Kind, Pos};
+use super::event::{Event, Kind, Malformed, Pos};
 use crate::codec::Outgoing;
-use crate::rooms::{ClientId, Mailbox, Overflow, Refused, Wakes};
+use crate::delivery::{ClientId, Fanout, Mailbox, Refused, Wakes};
+use crate::protocol::{
+    AckData, ChatMessageData, Id, JoinedData, LeftData, PresenceData, ServerEvent, TypingData,
+    UserInfo,
+};
 
 /// Close code for a client whose room this node can no longer follow: its
 /// state was lost in Redis, or events were lost beyond repair. The client
@@ -29,10 +29,6 @@ const CLOSE_LOST_REASON: &str = "room state lost; rejoin";
 pub(crate) struct Membership {
     pub(crate) room: String,
     pub(crate) epoch: String,
-    /// The room name as JSON, ready to splice into event data.
-    pub(crate) room_json: String,
-    /// The client's name in the room, as JSON.
-    pub(crate) username_json: String,
 }
 
 /// A membership to take out of Redis later, by the janitor: a slow consumer
@@ -146,7 +142,8 @@ impl Barrier {
     }
 }
 
-struct Client {
+/// A client connected to this node.
+struct Local {
     mailbox: Arc<dyn Mailbox>,
     membership: Option<Membership>,
     barrier: Arc<Barrier>,
@@ -163,7 +160,6 @@ struct Client {
 /// A room with members on this node.
 struct Room {
     epoch: String,
-    room_json: String,
     /// The last event applied.
     pos: Pos,
     /// The local members that receive the room's events, in join order.
@@ -177,17 +173,8 @@ struct Room {
 /// The node's view. `node` is the node's tag: ids on the wire are `<node>-<n>`.
 pub(crate) struct State {
     node: String,
-    clients: HashMap<ClientId, Client>,
+    clients: HashMap<ClientId, Local>,
     rooms: BTreeMap<String, Room>,
-    /// Shutdown has closed every client: no more may connect.
-    pub(crate) closing: bool,
-}
-
-/// The part of a presence event's data the joiner's `joined` needs.
-#[derive(Deserialize)]
-struct Presence<'a> {
-    #[serde(borrow)]
-    username: std::borrow::Cow<'a, str>,
 }
 
 impl State {
@@ -196,7 +183,6 @@ impl State {
             node,
             clients: HashMap::new(),
             rooms: BTreeMap::new(),
-            closing: false,
         }
     }
 
@@ -209,7 +195,7 @@ impl State {
     pub(crate) fn connect(&mut self, id: ClientId, mailbox: Arc<dyn Mailbox>) {
         self.clients.insert(
             id,
-            Client {
+            Local {
                 mailbox,
                 membership: None,
                 barrier: Arc::default(),
@@ -237,19 +223,8 @@ impl State {
             .is_some_and(|c| c.membership.is_some())
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.clients.is_empty()
-    }
-
     pub(crate) fn room_count(&self) -> usize {
         self.rooms.len()
-    }
-
-    pub(crate) fn mailboxes(&self) -> Vec<Arc<dyn Mailbox>> {
-        self.clients
-            .values()
-            .map(|c| Arc::clone(&c.mailbox))
-            .collect()
     }
 
     /// Starts a request: its number, the client's membership and barrier.
@@ -417,7 +392,6 @@ impl State {
         if fresh {
             let room = Room {
                 epoch: ev.epoch.to_owned(),
-                room_json: json_string(ev.room),
                 pos: ev.pos,
                 members: Vec::new(),
                 ours: 0,
@@ -436,57 +410,19 @@ impl State {
             }
         }
         room.pos = ev.pos;
-        let data = match raw(ev.data, ev.kind) {
-            Ok(data) => data,
-            Err(()) => {
-                log::error!(
-                    "unreadable event data in room {:?}; closing it here",
-                    ev.room
-                );
-                self.lose(ev.room, fx);
-                return Applied::Done;
-            }
-        };
-        let mut push = Pushes::default();
-        match ev.kind {
-            Kind::Chat => {
-                let event = Outgoing::new("chatMessage", &*data, None);
-                push.all(room, &event, None);
-                let ack = json!({"ok": true, "seq": ev.pos.seq});
-                self.ack(origin, ev, ack, &mut push);
-            }
-            Kind::Typing => {
-                let event = Outgoing::new("typing", &*data, None);
-                push.all(room, &event, origin);
-                self.ack(origin, ev, json!({"ok": true}), &mut push);
-            }
-            Kind::Join | Kind::Rename | Kind::Rejoin => {
-                self.joined(origin, ev, &data, &mut push, fx)
-            }
-            Kind::Leave | Kind::Gone => {
-                let room = self.rooms.get_mut(ev.room).expect("checked above");
-                room.members.retain(|(id, _)| Some(*id) != origin);
-                push.all(room, &Outgoing::new("userLeft", &*data, None), None);
-                if let Some(id) = origin {
-                    room.ours = room.ours.saturating_sub(1);
-                    if let Some(client) = self.clients.get_mut(&id) {
-                        if client
-                            .membership
-                            .as_ref()
-                            .is_some_and(|m| m.room == ev.room)
-                        {
-                            client.membership = None;
-                        }
-                    }
-                    if ev.kind == Kind::Leave {
-                        let left = Outgoing::new("left", &json!({ "room": ev.room }), None);
-                        push.to(&self.clients, id, &left);
-                        self.ack(origin, ev, json!({"ok": true}), &mut push);
-                    }
-                }
-            }
+        let mut wakes = Wakes::default();
+        let mut fanout = Fanout::new(&mut wakes);
+        if let Err(Malformed(field)) = self.deliver(ev, origin, &mut fanout, fx) {
+            log::error!(
+                "unreadable {field} in an event of room {:?}; closing it here",
+                ev.room
+            );
+            self.lose(ev.room, fx);
+            return Applied::Done;
         }
-        push.finish(self, ev, origin, fx);
+        let evicted = std::mem::take(&mut fanout.evicted);
+        fx.wakes.append(&mut wakes);
+        self.finish(ev, origin, evicted, fx);
         if self.rooms.get(ev.room).is_some_and(|r| r.ours == 0) {
             // Our last member is out: no more events come for this room.
             self.rooms.remove(ev.room);
@@ -494,49 +430,150 @@ impl State {
         Applied::Done
     }
 
-    /// Queues the origin's ack, if the request had one.
-    fn ack(
-        &self,
-        origin: Option<ClientId>,
+    /// Builds the protocol's events from an event's fields, as the local
+    /// registry would, and queues them for the local members: the
+    /// origin's ack right after what its request caused.
+    fn deliver(
+        &mut self,
         ev: &Event<'_>,
-        data: serde_json::Value,
-        push: &mut Pushes,
+        origin: Option<ClientId>,
+        fanout: &mut Fanout,
+        fx: &mut Effects,
+    ) -> Result<(), Malformed> {
+        let username = ev.username()?;
+        let (room, id) = (ev.room, Id(&ev.origin));
+        let presence = PresenceData {
+            room,
+            id,
+            username: &username,
+        };
+        match ev.kind {
+            Kind::Chat => {
+                let chat = ev.chat()?;
+                let (_, text) = chat.strings()?;
+                let data = ChatMessageData {
+                    room,
+                    seq: chat.seq,
+                    id,
+                    username: &username,
+                    text: &text,
+                    ts: chat.ts,
+                };
+                self.to_room(room, &ServerEvent::ChatMessage(data), None, fanout);
+                let ack = AckData {
+                    seq: Some(chat.seq),
+                    ..AckData::ok()
+                };
+                self.ack(origin, ev, ack, fanout);
+            }
+            Kind::Typing => {
+                let data = TypingData {
+                    room,
+                    id,
+                    username: &username,
+                    typing: ev.typing()?,
+                };
+                self.to_room(room, &ServerEvent::Typing(data), origin, fanout);
+                self.ack(origin, ev, AckData::ok(), fanout);
+            }
+            Kind::Join | Kind::Rename | Kind::Rejoin => {
+                match ev.kind {
+                    Kind::Join => {
+                        let joined = ServerEvent::UserJoined(presence);
+                        self.to_room(room, &joined, origin, fanout);
+                    }
+                    Kind::Rename => {
+                        let old = ev.old_username()?;
+                        let left = ServerEvent::UserLeft(PresenceData {
+                            username: &old,
+                            ..presence
+                        });
+                        self.to_room(room, &left, origin, fanout);
+                        let joined = ServerEvent::UserJoined(presence);
+                        self.to_room(room, &joined, origin, fanout);
+                    }
+                    _ => {}
+                }
+                if let Some(id) = origin {
+                    self.joined(id, ev, &username, fanout, fx)?;
+                }
+            }
+            Kind::Leave | Kind::Gone => {
+                let r = self.rooms.get_mut(room).expect("checked by apply");
+                r.members.retain(|(member, _)| Some(*member) != origin);
+                self.to_room(room, &ServerEvent::UserLeft(presence), None, fanout);
+                if let Some(id) = origin {
+                    self.left(id, ev, fanout);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `event` for the room's local members but `except`.
+    fn to_room(
+        &self,
+        room: &str,
+        event: &ServerEvent<'_>,
+        except: Option<ClientId>,
+        fanout: &mut Fanout,
     ) {
-        if let (Some(id), Some(ack)) = (origin, ev.ack) {
-            push.to(&self.clients, id, &Outgoing::new("ack", &data, Some(ack)));
+        let members = &self.rooms[room].members;
+        let event = Outgoing::event(event, None);
+        fanout.push_all(members.iter().map(|(id, m)| (*id, m)), &event, except);
+    }
+
+    /// Queues `event` for one local client, unless it was closed.
+    fn to_client(&self, id: ClientId, event: &Arc<Outgoing>, fanout: &mut Fanout) {
+        if let Some(client) = self.clients.get(&id).filter(|c| !c.closed) {
+            fanout.push(id, &client.mailbox, event);
         }
     }
 
-    /// A join, a rename or a rejoin: presence for the others; for our own
-    /// client (with the snapshot) `joined` and the ack.
+    /// Queues the origin's ack, if the request had one.
+    fn ack(&self, origin: Option<ClientId>, ev: &Event<'_>, data: AckData, fanout: &mut Fanout) {
+        if let (Some(id), Some(ack)) = (origin, ev.ack) {
+            let event = Outgoing::event(&ServerEvent::Ack(data), Some(ack));
+            self.to_client(id, &event, fanout);
+        }
+    }
+
+    /// Our client `id` is out of the room: it no longer counts here; a
+    /// leaveRoom is answered `left` and its ack.
+    fn left(&mut self, id: ClientId, ev: &Event<'_>, fanout: &mut Fanout) {
+        let room = self.rooms.get_mut(ev.room).expect("checked by apply");
+        room.ours = room.ours.saturating_sub(1);
+        if let Some(client) = self.clients.get_mut(&id) {
+            if client
+                .membership
+                .as_ref()
+                .is_some_and(|m| m.room == ev.room)
+            {
+                client.membership = None;
+            }
+        }
+        if ev.kind == Kind::Leave {
+            let left = ServerEvent::Left(LeftData { room: ev.room });
+            self.to_client(id, &Outgoing::event(&left, None), fanout);
+            self.ack(Some(id), ev, AckData::ok(), fanout);
+        }
+    }
+
+    /// Our client `id` joined (or rejoined): its membership, and, from the
+    /// snapshot its own copy of the event carries, `joined` and the ack.
     fn joined(
         &mut self,
-        origin: Option<ClientId>,
+        id: ClientId,
         ev: &Event<'_>,
-        data: &RawValue,
-        push: &mut Pushes,
+        username: &str,
+        fanout: &mut Fanout,
         fx: &mut Effects,
-    ) {
+    ) -> Result<(), Malformed> {
         let room = self.rooms.get_mut(ev.room).expect("checked by apply");
-        let others = origin;
-        match ev.kind {
-            Kind::Join => push.all(room, &Outgoing::new("userJoined", data, None), others),
-            Kind::Rename => {
-                if let Ok(old) = RawValue::from_string(ev.old.to_owned()) {
-                    push.all(room, &Outgoing::new("userLeft", &*old, None), others);
-                }
-                push.all(room, &Outgoing::new("userJoined", data, None), others);
-            }
-            _ => {}
-        }
-        let Some(id) = origin else { return };
         if ev.kind == Kind::Join {
             room.ours += 1;
         }
-        let (epoch, room_json) = (room.epoch.clone(), room.room_json.clone());
-        let username_json = serde_json::from_str::<Presence>(ev.data)
-            .map(|p| json_string(&p.username))
-            .ok();
+        let epoch = room.epoch.clone();
         let Some(client) = self.clients.get_mut(&id) else {
             // Gone before its join came back: Redis still counts it.
             if ev.kind == Kind::Join {
@@ -546,42 +583,71 @@ impl State {
                     epoch,
                 });
             }
-            return;
+            return Ok(());
         };
-        let username_json = username_json
-            .or_else(|| client.membership.as_ref().map(|m| m.username_json.clone()))
-            .unwrap_or_else(|| "\"\"".into());
         client.membership = Some(Membership {
             room: ev.room.to_owned(),
             epoch,
-            room_json: room_json.clone(),
-            username_json: username_json.clone(),
         });
         if !ev.own || client.closed {
             // Our own join, repaired from the log: the snapshot travelled
             // only in the own copy, which is lost. The membership is real
             // (its disconnect leaves), the client must rejoin.
             self.close(id, false, fx);
-            return;
+            return Ok(());
         }
         let mailbox = Arc::clone(&client.mailbox);
         let room = self.rooms.get_mut(ev.room).expect("checked by apply");
         if !room.members.iter().any(|(m, _)| *m == id) {
             room.members.push((id, mailbox));
         }
-        let joined = format!(
-            "{{\"room\":{room_json},\"username\":{username_json},\"id\":\"{}\",\"users\":{},\"history\":{}}}",
-            ev.origin, ev.users, ev.history
-        );
-        match RawValue::from_string(joined) {
-            Ok(joined) => {
-                push.to(&self.clients, id, &Outgoing::new("joined", &*joined, None));
-                self.ack(origin, ev, json!({"ok": true, "room": ev.room}), push);
-            }
-            Err(_) => {
-                log::error!("unreadable snapshot for room {:?}", ev.room);
+        let joined = match snapshot(ev, username) {
+            Ok(joined) => joined,
+            Err(e) => {
                 self.close(id, false, fx);
+                return Err(e);
             }
+        };
+        self.to_client(id, &joined, fanout);
+        let ack = AckData {
+            room: Some(ev.room),
+            ..AckData::ok()
+        };
+        self.ack(Some(id), ev, ack, fanout);
+        Ok(())
+    }
+
+    /// Hands the origin's reader its release, and cuts off slow consumers:
+    /// out of the local room now, out of Redis by the janitor (whose leave
+    /// tells every node `userLeft`).
+    fn finish(
+        &mut self,
+        ev: &Event<'_>,
+        origin: Option<ClientId>,
+        evicted: Vec<ClientId>,
+        fx: &mut Effects,
+    ) {
+        if let Some(client) = origin.and_then(|id| self.clients.get(&id)) {
+            if ev.q > 0 {
+                fx.releases.push((Arc::clone(&client.barrier), Some(ev.q)));
+            }
+        }
+        for id in evicted {
+            let Some(client) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            client.closed = true;
+            if let Some(m) = client.membership.take() {
+                if let Some(room) = self.rooms.get_mut(&m.room) {
+                    room.members.retain(|(member, _)| *member != id);
+                }
+                fx.leaves.push(Leave {
+                    id,
+                    room: m.room,
+                    epoch: m.epoch,
+                });
+            }
+            fx.releases.push((Arc::clone(&client.barrier), None));
         }
     }
 
@@ -602,111 +668,52 @@ impl State {
     }
 }
 
-/// The pushes of one event, and what they leave to do.
-#[derive(Default)]
-struct Pushes {
-    wakes: Vec<Arc<dyn Mailbox>>,
-    /// Slow consumers found: cut off from the room.
-    evicted: Vec<ClientId>,
-}
-
-impl Pushes {
-    fn one(&mut self, id: ClientId, mailbox: &Arc<dyn Mailbox>, event: &Arc<Outgoing>) {
-        match mailbox.push(event) {
-            Ok(false) => {}
-            Ok(true) => self.wakes.push(Arc::clone(mailbox)),
-            Err(Overflow) => {
-                self.evicted.push(id);
-                self.wakes.push(Arc::clone(mailbox));
-            }
-        }
+/// The `joined` answer an own join's snapshot makes: built now, on the
+/// subscriber thread, from the fields Redis read in the join's atomic step.
+fn snapshot(ev: &Event<'_>, username: &str) -> Result<Arc<Outgoing>, Malformed> {
+    let users = ev.users()?;
+    let mut history = Vec::new();
+    for record in ev.history()? {
+        let (username, text) = record.strings()?;
+        let data = ChatMessageData {
+            room: ev.room,
+            seq: record.seq,
+            id: Id(&record.id),
+            username: &username,
+            text: &text,
+            ts: record.ts,
+        };
+        history.push(ServerEvent::ChatMessage(data).data());
     }
-
-    fn all(&mut self, room: &Room, event: &Arc<Outgoing>, except: Option<ClientId>) {
-        for (id, mailbox) in &room.members {
-            if Some(*id) != except {
-                self.one(*id, mailbox, event);
-            }
-        }
-    }
-
-    fn to(&mut self, clients: &HashMap<ClientId, Client>, id: ClientId, event: &Arc<Outgoing>) {
-        if let Some(client) = clients.get(&id).filter(|c| !c.closed) {
-            let mailbox = Arc::clone(&client.mailbox);
-            self.one(id, &mailbox, event);
-        }
-    }
-
-    /// Hands the wakes over, releases the origin's reader, and cuts off
-    /// slow consumers: out of the local room now, out of Redis by the
-    /// janitor (whose leave tells every node `userLeft`).
-    fn finish(self, state: &mut State, ev: &Event<'_>, origin: Option<ClientId>, fx: &mut Effects) {
-        for mailbox in &self.wakes {
-            fx.wakes.add(mailbox);
-        }
-        if let Some(client) = origin.and_then(|id| state.clients.get(&id)) {
-            if ev.q > 0 {
-                fx.releases.push((Arc::clone(&client.barrier), Some(ev.q)));
-            }
-        }
-        for id in self.evicted {
-            let Some(client) = state.clients.get_mut(&id) else {
-                continue;
-            };
-            client.closed = true;
-            if let Some(m) = client.membership.take() {
-                if let Some(room) = state.rooms.get_mut(&m.room) {
-                    room.members.retain(|(member, _)| *member != id);
-                }
-                fx.leaves.push(Leave {
-                    id,
-                    room: m.room,
-                    epoch: m.epoch,
-                });
-            }
-            fx.releases.push((Arc::clone(&client.barrier), None));
-        }
-    }
-}
-
-/// The event's data as a RawValue: checked JSON, so a bug elsewhere cannot
-/// put garbage on a client's wire. Kinds without data get `{}`.
-fn raw(data: &str, kind: Kind) -> Result<Box<RawValue>, ()> {
-    if data.is_empty() && kind == Kind::Rejoin {
-        return RawValue::from_string("{}".into()).map_err(drop);
-    }
-    RawValue::from_string(data.to_owned()).map_err(drop)
-}
-
-/// A string as JSON.
-pub(crate) fn json_string(s: &str) -> String {
-    serde_json::to_string(s).expect("a string always serializes")
+    let data = JoinedData {
+        room: ev.room,
+        username,
+        id: Id(&ev.origin),
+        users: users
+            .iter()
+            .map(|(id, username)| UserInfo {
+                id: Id(id),
+                username,
+            })
+            .collect(),
+        history: history.iter().map(|h| &**h).collect(),
+    };
+    Ok(Outgoing::event(&ServerEvent::Joined(data), None))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossbeam_channel::{Receiver, Sender};
-
-    struct Recorder(Sender<Arc<Outgoing>>);
-
-    impl Mailbox for Recorder {
-        fn push(&self, event: &Arc<Outgoing>) -> Result<bool, Overflow> {
-            self.0.send(Arc::clone(event)).map_err(|_| Overflow)?;
-            Ok(false)
-        }
-        fn wake(&self, _: &crate::rooms::Round) {}
-        fn close(&self, _: u16, _: &str) {}
-        fn abort(&self) {}
-    }
+    use crate::delivery::Recorder;
+    use crossbeam_channel::Receiver;
 
     /// A node "a" with `n` clients, ids 1..=n.
     fn setup(n: u64) -> (State, Vec<Receiver<Arc<Outgoing>>>) {
         let mut state = State::new("a".into());
         let rx = (1..=n)
             .map(|i| {
-                let (tx, rx) = crossbeam_channel::unbounded();
-                state.connect(ClientId(i), Arc::new(Recorder(tx)));
+                let (recorder, rx) = Recorder::new();
+                state.connect(ClientId(i), recorder);
                 rx
             })
             .collect();
@@ -717,14 +724,20 @@ mod tests {
         rx.try_iter().map(|e| e.name).collect()
     }
 
-    fn pres(id: &str, name: &str) -> String {
-        format!("{{\"room\":\"r\",\"id\":\"{id}\",\"username\":\"{name}\"}}")
+    /// The `name` and `body` fields of a presence event.
+    fn pres(name: &str) -> String {
+        format!("\"{name}\"\n")
     }
 
-    /// An event text: kind, epoch, seq, k, origin, q, ack, data.
-    fn ev(kind: &str, epoch: &str, seq: u64, k: u64, origin: &str, q: u64, data: &str) -> String {
-        let users = if kind == "J" { "[]" } else { "" };
-        format!("{kind}\nr\n{epoch}\n{seq}\n{k}\n{origin}\n{q}\n{q}\n{data}\n\n{users}\n{users}")
+    /// The `name` and `body` fields of a chat message.
+    fn chat(name: &str, text: &str) -> String {
+        format!("\"{name}\"\n1\t\"{text}\"")
+    }
+
+    /// An event text of room r: kind, epoch, seq, k, origin, q (also the
+    /// ack), then `name` and `body` (see `pres` and `chat`); no snapshot.
+    fn ev(kind: &str, epoch: &str, seq: u64, k: u64, origin: &str, q: u64, fields: &str) -> String {
+        format!("{kind}\nr\n{epoch}\n{seq}\n{k}\n{origin}\n{q}\n{q}\n{fields}\n\n")
     }
 
     fn apply(state: &mut State, text: &str) -> (Applied, Effects) {
@@ -738,12 +751,12 @@ mod tests {
     fn own_join_then_chat_from_elsewhere_then_leave_drops_the_room() {
         let (mut s, rx) = setup(2);
         s.begin(ClientId(1), Some("r")).unwrap();
-        let (a, fx) = apply(&mut s, &ev("J", "e", 3, 7, "a-1", 1, &pres("a-1", "ann")));
+        let (a, fx) = apply(&mut s, &ev("J", "e", 3, 7, "a-1", 1, &pres("ann")));
         assert_eq!(a, Applied::Done);
         assert_eq!(fx.releases.len(), 1);
         assert_eq!(names(&rx[0]), ["joined", "ack"]);
         assert!(s.in_room(ClientId(1)));
-        let chat = r#"{"room":"r","seq":4,"id":"b-1","username":"bo","text":"hi","ts":1}"#;
+        let chat = &chat("bo", "hi");
         assert_eq!(
             apply(&mut s, &ev("m", "e", 4, 7, "b-1", 0, chat)).0,
             Applied::Done
@@ -759,7 +772,7 @@ mod tests {
         assert_eq!(names(&rx[0]), ["chatMessage"]);
         assert_eq!(names(&rx[1]), Vec::<&str>::new(), "not a member");
         assert_eq!(
-            apply(&mut s, &ev("l", "e", 4, 8, "a-1", 2, &pres("a-1", "ann"))).0,
+            apply(&mut s, &ev("l", "e", 4, 8, "a-1", 2, &pres("ann"))).0,
             Applied::Done
         );
         assert_eq!(names(&rx[0]), ["left", "ack"]);
@@ -770,8 +783,8 @@ mod tests {
     #[test]
     fn another_epoch_is_a_lost_room_and_closes_its_members() {
         let (mut s, _rx) = setup(1);
-        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("a-1", "ann")));
-        let (a, fx) = apply(&mut s, &ev("t", "f", 0, 2, "b-1", 0, "{}"));
+        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("ann")));
+        let (a, fx) = apply(&mut s, &ev("t", "f", 0, 2, "b-1", 0, "\"bo\"\ntrue"));
         assert_eq!((a, fx.closes.len(), fx.lost), (Applied::Done, 1, 1));
         assert_eq!(s.room_count(), 0);
         assert_eq!(s.begin(ClientId(1), None).err(), Some(Refused::NotInRoom));
@@ -784,9 +797,9 @@ mod tests {
     #[test]
     fn our_join_without_its_snapshot_closes_the_joiner_but_keeps_its_membership() {
         let (mut s, rx) = setup(2);
-        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("a-1", "ann")));
+        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("ann")));
         names(&rx[0]);
-        let (_, fx) = apply(&mut s, &ev("j", "e", 0, 2, "a-2", 1, &pres("a-2", "cy")));
+        let (_, fx) = apply(&mut s, &ev("j", "e", 0, 2, "a-2", 1, &pres("cy")));
         assert_eq!(names(&rx[0]), ["userJoined"]);
         assert_eq!(fx.closes.len(), 1);
         assert!(names(&rx[1]).is_empty());
@@ -796,33 +809,45 @@ mod tests {
     #[test]
     fn typing_skips_the_sender_and_rename_is_left_then_joined() {
         let (mut s, rx) = setup(2);
-        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("a-1", "ann")));
-        apply(&mut s, &ev("J", "e", 0, 2, "a-2", 1, &pres("a-2", "cy")));
+        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("ann")));
+        apply(&mut s, &ev("J", "e", 0, 2, "a-2", 1, &pres("cy")));
         names(&rx[0]);
         names(&rx[1]);
-        let typing = r#"{"room":"r","id":"a-1","username":"ann","typing":true}"#;
+        let typing = "\"ann\"\ntrue";
         apply(&mut s, &ev("t", "e", 0, 3, "a-1", 2, typing));
         assert_eq!(
             (names(&rx[0]), names(&rx[1])),
             (vec!["ack"], vec!["typing"])
         );
-        let rename = format!(
-            "R\nr\ne\n0\n4\na-1\n3\n3\n{}\n{}\n[]\n[]",
-            pres("a-1", "anna"),
-            pres("a-1", "ann")
+        let rename = "R\nr\ne\n0\n4\na-1\n3\n3\n\"anna\"\n\"ann\"\na-1\t\"anna\"\ta-2\t\"cy\"\n";
+        apply(&mut s, rename);
+        let got: Vec<_> = rx[0].try_iter().collect();
+        assert_eq!(
+            got.iter().map(|e| e.name).collect::<Vec<_>>(),
+            ["joined", "ack"]
         );
-        apply(&mut s, &rename);
-        assert_eq!(names(&rx[0]), ["joined", "ack"]);
-        assert_eq!(names(&rx[1]), ["userLeft", "userJoined"]);
+        assert_eq!(
+            got[0].data(),
+            r#"{"room":"r","username":"anna","id":"a-1","users":[{"id":"a-1","username":"anna"},{"id":"a-2","username":"cy"}],"history":[]}"#
+        );
+        let got: Vec<_> = rx[1].try_iter().collect();
+        assert_eq!(
+            got.iter().map(|e| e.data()).collect::<Vec<_>>(),
+            [
+                r#"{"room":"r","id":"a-1","username":"ann"}"#,
+                r#"{"room":"r","id":"a-1","username":"anna"}"#
+            ]
+        );
+        assert_eq!((got[0].name, got[1].name), ("userLeft", "userJoined"));
     }
 
     #[test]
     fn a_disconnected_members_leave_still_counts_and_losing_everything_closes_members() {
         let (mut s, _rx) = setup(2);
-        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("a-1", "ann")));
-        apply(&mut s, &ev("J", "e", 0, 2, "a-2", 1, &pres("a-2", "cy")));
+        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("ann")));
+        apply(&mut s, &ev("J", "e", 0, 2, "a-2", 1, &pres("cy")));
         assert!(s.disconnect(ClientId(1)).is_some());
-        apply(&mut s, &ev("s", "e", 0, 3, "a-1", 0, &pres("a-1", "ann")));
+        apply(&mut s, &ev("s", "e", 0, 3, "a-1", 0, &pres("ann")));
         assert_eq!(s.room_count(), 1, "a-2 is still here");
         let mut fx = Effects::default();
         s.lose_all(&mut fx);
@@ -852,25 +877,14 @@ mod tests {
         /// chats (`true`) and typings from node b.
         fn log(kinds: &[bool]) -> Vec<String> {
             let (mut seq, mut k) = (0, 1);
-            let mut out = vec![ev("J", "e", 0, 1, "a-1", 1, &pres("a-1", "ann"))];
-            for (i, chat) in kinds.iter().enumerate() {
-                if *chat {
+            let mut out = vec![ev("J", "e", 0, 1, "a-1", 1, &pres("ann"))];
+            for (i, is_chat) in kinds.iter().enumerate() {
+                if *is_chat {
                     seq += 1;
-                    let data = format!(
-                        r#"{{"room":"r","seq":{seq},"id":"b-1","username":"b","text":"{i}","ts":1}}"#
-                    );
-                    out.push(ev("m", "e", seq, k, "b-1", 0, &data));
+                    out.push(ev("m", "e", seq, k, "b-1", 0, &chat("b", &i.to_string())));
                 } else {
                     k += 1;
-                    out.push(ev(
-                        "t",
-                        "e",
-                        seq,
-                        k,
-                        "b-1",
-                        0,
-                        r#"{"room":"r","id":"b-1","username":"b","typing":true}"#,
-                    ));
+                    out.push(ev("t", "e", seq, k, "b-1", 0, "\"b\"\ntrue"));
                 }
             }
             out

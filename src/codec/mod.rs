@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::protocol::{Envelope, Rejection};
+use crate::protocol::{Envelope, Rejection, ServerEvent};
 
 /// What one message from a client means, whatever its transport.
 #[derive(Debug)]
@@ -91,7 +91,7 @@ pub struct Outgoing {
     pub(crate) name: &'static str,
     pub(crate) ack: Option<u64>,
     data: OnceLock<Box<RawValue>>,
-    /// How to build `data` for an event made with [`Outgoing::later`].
+    /// How to build `data` for an event made with [`Outgoing::joined_later`].
     later: Mutex<Option<Build>>,
     weight: usize,
     frames: [OnceLock<Vec<u8>>; 2],
@@ -110,12 +110,22 @@ impl std::fmt::Debug for Outgoing {
 }
 
 impl Outgoing {
+    /// A server event, its data serialized now.
+    pub(crate) fn event(event: &ServerEvent<'_>, ack: Option<u64>) -> Arc<Outgoing> {
+        Outgoing::with_data(event.name(), event.data(), ack)
+    }
+
+    /// Event data given as JSON, for the codecs' unit tests.
+    #[cfg(test)]
     pub(crate) fn new<T: Serialize + ?Sized>(
         name: &'static str,
         data: &T,
         ack: Option<u64>,
     ) -> Arc<Outgoing> {
-        let data = to_raw(data);
+        Outgoing::with_data(name, to_raw(data), ack)
+    }
+
+    fn with_data(name: &'static str, data: Box<RawValue>, ack: Option<u64>) -> Arc<Outgoing> {
         let weight = data.get().len() + OVERHEAD;
         Arc::new(Outgoing {
             name,
@@ -127,17 +137,16 @@ impl Outgoing {
         })
     }
 
-    /// An event whose data is serialized when first needed, by whoever
-    /// needs it first (a writer, outside every lock); `weight` is its size
-    /// as well as it is known now. For `joined`, whose data grows with the
-    /// room.
-    pub(crate) fn later(
-        name: &'static str,
+    /// A `joined` event whose data is serialized when first needed, by
+    /// whoever needs it first (a writer, outside every lock); `weight` is
+    /// its size as well as it is known now. `joined` grows with the room:
+    /// the engine takes a snapshot under its lock, `build` writes it.
+    pub(crate) fn joined_later(
         weight: usize,
         build: impl FnOnce() -> Box<RawValue> + Send + 'static,
     ) -> Arc<Outgoing> {
         Arc::new(Outgoing {
-            name,
+            name: ServerEvent::JOINED,
             ack: None,
             data: OnceLock::new(),
             later: Mutex::new(Some(Box::new(build))),
@@ -217,7 +226,7 @@ mod tests {
 
     #[test]
     fn data_built_later_is_built_once_when_first_needed() {
-        let ev = Outgoing::later("joined", 10, || to_raw(&json!({"users": []})));
+        let ev = Outgoing::joined_later(10, || to_raw(&json!({"users": []})));
         assert_eq!(ev.weight(), 10 + OVERHEAD);
         assert_eq!(ev.data(), r#"{"users":[]}"#);
         assert_eq!(

@@ -1,12 +1,13 @@
 -- Prepended to every script (scripts.rs: concat!(common.lua, <script>.lua)).
 -- ARGV[1] is the cluster prefix P. Keys, all of them P:<kind>:<name>, so no
 -- two rooms' keys collide whatever the room name (<kind> holds no colon):
---   P:room:<room>     HASH  epoch (incarnation), rj (room name as JSON), seq (chat
---                           messages), k (other events), j (join ordinal)
+--   P:room:<room>     HASH  epoch (incarnation), seq (chat messages), k (other
+--                           events), j (join ordinal)
 --   P:users:<room>    HASH  id -> username as JSON
 --   P:order:<room>    ZSET  id -> join ordinal (joined.users in join order)
 --   P:nodesin:<room>  HASH  node -> how many of the room's members it holds
---   P:hist:<room>     LIST  chatMessage data, oldest first, at most --history
+--   P:hist:<room>     LIST  chat records <seq>\t<id>\t<name>\t<ts>\t<text>, oldest
+--                           first, at most --history
 --   P:log:<room>      STREAM every event, id "<seq>-<k>", field e; ~LOGLEN kept
 --   P:node:<node>     HASH  id -> room: the node's members (for reaping)
 --   P:x:rooms         HASH  room -> members in the cluster (/api/rooms)
@@ -27,10 +28,11 @@ local function now_ms()
   return t[1] * 1000 + math.floor(t[2] / 1000)
 end
 
--- An event: 12 fields joined by "\n" (room names and JSON hold no raw newline).
+-- An event: 12 fields joined by "\n" (see event.rs). Scripts publish fields and
+-- the values they are handed, never event JSON: a node builds the events.
 -- Its position in the room is (seq, k): a chat message raises seq, any other event k.
-local function event(kind, r, epoch, seq, k, origin, q, ack, data, old, users, hist)
-  return table.concat({kind, r, epoch, seq, k, origin, q, ack, data, old, users, hist}, '\n')
+local function event(kind, r, epoch, seq, k, origin, q, ack, name, body, users, hist)
+  return table.concat({kind, r, epoch, seq, k, origin, q, ack, name, body, users, hist}, '\n')
 end
 
 -- Logs an event and publishes it to every node with members in the room but `skip`.
@@ -48,7 +50,7 @@ end
 -- member leaves exactly once, whoever asks (its node, or a reaper).
 local function leave_room(r, e, id, node, kind, q, ack, loglen, skip)
   local meta = key('room', r)
-  local m = redis.call('HMGET', meta, 'epoch', 'rj', 'seq')
+  local m = redis.call('HMGET', meta, 'epoch', 'seq')
   if not m[1] or (e ~= '' and m[1] ~= e) then return false end
   local uj = redis.call('HGET', key('users', r), id)
   if not uj then return false end
@@ -62,8 +64,7 @@ local function leave_room(r, e, id, node, kind, q, ack, loglen, skip)
     redis.call('HDEL', key('node', node), id)
   end
   local k = redis.call('HINCRBY', meta, 'k', 1)
-  local pres = '{"room":' .. m[2] .. ',"id":"' .. id .. '","username":' .. uj .. '}'
-  local ev = event(kind, r, m[1], m[3], k, id, q, ack, pres, '', '', '')
+  local ev = event(kind, r, m[1], m[2], k, id, q, ack, uj, '', '', '')
   if redis.call('HINCRBY', key('x', 'rooms'), r, -1) <= 0 then
     -- the last member anywhere: the room goes, seq and history with it
     redis.call('HDEL', key('x', 'rooms'), r)
@@ -73,7 +74,7 @@ local function leave_room(r, e, id, node, kind, q, ack, loglen, skip)
       if n ~= skip then redis.call('PUBLISH', key('to', n), ev) end
     end
   else
-    emit(r, m[3], k, ev, nodes, loglen, skip)
+    emit(r, m[2], k, ev, nodes, loglen, skip)
   end
   return true
 end
