@@ -286,6 +286,16 @@ enum Route {
 #[inline(never)]
 fn route(head: &Head, port: Port, origins: &Origins) -> Route {
     let path = head.path();
+    // On the HTTP port the method comes first: any method but these, on
+    // any path, is the answering thread's 405.
+    let known = match head.method() {
+        "GET" | "HEAD" | "OPTIONS" => true,
+        "POST" => path == "/socket.io/",
+        _ => false,
+    };
+    if port == Port::Http && !known {
+        return Route::Page;
+    }
     let encoding = match (path, port) {
         ("/ws", _) | ("/", Port::WebSocket) => Encoding::Native,
         ("/socket.io/", _) => match engine_io_transport(head, port) {

@@ -164,6 +164,12 @@ fn other_methods_are_405_with_allow() {
         "POST / HTTP/1.1",
         "PUT /nope HTTP/1.1",
         "DELETE /healthz HTTP/1.1",
+        // The method is checked before the route: a WebSocket path, or
+        // Socket.IO's, answers 405 too, not 426 or Engine.IO's 400.
+        "PATCH /ws HTTP/1.1",
+        "PUT /ws?x=1 HTTP/1.1",
+        "DELETE /socket.io/?EIO=4&transport=polling HTTP/1.1",
+        "PATCH /socket.io/?EIO=4&transport=websocket HTTP/1.1",
     ] {
         let answer = server.http_request(&format!(
             "{request}\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
