@@ -18,7 +18,8 @@ use super::scripts;
 use crate::metrics::Metrics;
 
 /// Timeout for a connect and for every read and write on a command
-/// connection. A chat script takes ~30 µs of Redis time; a second is failure.
+/// connection. A chat script takes tens of µs of Redis time (docs/BENCHMARKS.md
+/// measures each EVALSHA); a second is failure.
 pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Command connections readers share. Four, so that one slow round trip
@@ -47,7 +48,7 @@ impl Target {
         let info = url.into_connection_info()?;
         // No CLIENT SETINFO at connect: with db 0 and no password the
         // handshake then sends nothing, so a stalled Redis costs one
-        // timeout, not two (measured: 2 s instead of 1 s against SIGSTOP).
+        // timeout (1 s against SIGSTOP; with SETINFO it costs two).
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
         Ok(Target {
             info: info.set_redis_settings(settings),
