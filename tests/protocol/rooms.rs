@@ -1,14 +1,17 @@
 //! Joining, leaving, chatting and typing: who receives what, in which order.
+//! Run on every engine (`SETUP`, from the module that includes this file).
 
-mod common;
-
-use common::TestServer;
+use super::SETUP;
+use crate::common::engine::Engine;
+use crate::common::Client;
 use serde_json::json;
 
 #[test]
 fn connected_is_the_first_frame_and_carries_the_limits() {
-    let server = TestServer::start();
-    let mut c = common::Client::connect_raw(&format!("ws://{}/ws", server.ws));
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
+    let mut c = Client::connect_raw(&format!("ws://{}/ws", server.node().ws));
     let frame = c.recv();
     assert_eq!(frame["event"], "connected");
     assert!(frame["data"]["id"]
@@ -22,14 +25,18 @@ fn connected_is_the_first_frame_and_carries_the_limits() {
 
 #[test]
 fn ids_are_unique() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let ids: std::collections::HashSet<_> = (0..20).map(|_| server.client().id).collect();
     assert_eq!(ids.len(), 20);
 }
 
 #[test]
 fn joined_lists_the_users_and_others_get_user_joined() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let mut ann = server.member("ann", "lobby");
     let mut bob = server.client();
     let joined = bob.join(" bob ", "lobby");
@@ -50,7 +57,9 @@ fn joined_lists_the_users_and_others_get_user_joined() {
 
 #[test]
 fn join_ack_names_the_room_and_comes_after_joined() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let mut c = server.client();
     let (frames, reply) = c.request("joinRoom", json!({"username": "ann", "room": "r1"}));
     assert_eq!(frames.len(), 1);
@@ -63,7 +72,9 @@ fn join_ack_names_the_room_and_comes_after_joined() {
 
 #[test]
 fn chat_reaches_the_whole_room_and_nobody_outside() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let mut ann = server.member("ann", "lobby");
     let mut bob = server.member("bob", "lobby");
     let mut eve = server.member("eve", "elsewhere");
@@ -93,7 +104,9 @@ fn chat_reaches_the_whole_room_and_nobody_outside() {
 
 #[test]
 fn text_is_kept_exactly_as_sent() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let mut ann = server.member("ann", "r");
     let text = "  two\r\nlines\tand \u{1F600} \"quotes\" \\ ";
     let (frames, _) = ann.request("chatMessage", json!({ "text": text }));
@@ -102,7 +115,9 @@ fn text_is_kept_exactly_as_sent() {
 
 #[test]
 fn typing_goes_to_the_others_only() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let mut ann = server.member("ann", "r");
     let mut bob = server.member("bob", "r");
     ann.expect("userJoined");
@@ -117,7 +132,9 @@ fn typing_goes_to_the_others_only() {
 
 #[test]
 fn leave_answers_left_and_tells_the_room() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let mut ann = server.member("ann", "r");
     let mut bob = server.member("bob", "r");
     ann.expect("userJoined");
@@ -137,7 +154,9 @@ fn leave_answers_left_and_tells_the_room() {
 
 #[test]
 fn switching_rooms_leaves_the_old_one_without_left() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let mut ann = server.member("ann", "a");
     let mut bob = server.member("bob", "a");
     let mut cat = server.member("cat", "b");
@@ -157,7 +176,9 @@ fn switching_rooms_leaves_the_old_one_without_left() {
 
 #[test]
 fn rejoining_the_same_room_keeps_the_membership() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let mut ann = server.member("ann", "r");
     let mut bob = server.member("bob", "r");
     ann.expect("userJoined");
@@ -184,7 +205,9 @@ fn rejoining_the_same_room_keeps_the_membership() {
 
 #[test]
 fn disconnect_sends_user_left_at_once() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let mut ann = server.member("ann", "r");
     let bob = server.member("bob", "r");
     ann.expect("userJoined");
@@ -198,7 +221,9 @@ fn disconnect_sends_user_left_at_once() {
 
 #[test]
 fn clean_close_sends_user_left_and_the_close_is_answered() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let mut ann = server.member("ann", "r");
     let mut bob = server.member("bob", "r");
     ann.expect("userJoined");
@@ -209,7 +234,9 @@ fn clean_close_sends_user_left_and_the_close_is_answered() {
 
 #[test]
 fn history_is_sent_on_join_oldest_first_and_bounded() {
-    let server = TestServer::with(|c| c.history = 3);
+    let Some(server) = Engine::with(SETUP, |c| c.history = 3) else {
+        return;
+    };
     let mut ann = server.member("ann", "r");
     for i in 1..=5 {
         ann.say(&format!("m{i}"));
@@ -228,7 +255,9 @@ fn history_is_sent_on_join_oldest_first_and_bounded() {
 
 #[test]
 fn an_empty_room_is_dropped_with_its_history_and_seq() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let mut ann = server.member("ann", "r");
     ann.say("one");
     ann.say("two");
@@ -241,7 +270,10 @@ fn an_empty_room_is_dropped_with_its_history_and_seq() {
 
 #[test]
 fn seq_is_per_room_and_gap_free_for_every_member() {
-    let server = TestServer::with(|c| c.rate_limit = roomchat::config::RateLimit(None));
+    let Some(server) = Engine::with(SETUP, |c| c.rate_limit = roomchat::config::RateLimit(None))
+    else {
+        return;
+    };
     let mut senders: Vec<_> = (0..3)
         .map(|i| server.member(&format!("s{i}"), "busy"))
         .collect();
@@ -265,7 +297,9 @@ fn seq_is_per_room_and_gap_free_for_every_member() {
 
 #[test]
 fn usernames_need_not_be_unique() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let a = server.member("sam", "r");
     let joined = server.client().join("sam", "r");
     let users = joined["users"].as_array().unwrap();
@@ -276,7 +310,9 @@ fn usernames_need_not_be_unique() {
 
 #[test]
 fn api_rooms_lists_rooms_sorted_by_code_point() {
-    let server = TestServer::start();
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
     let _c = server.member("a", "zeta");
     let _d = server.member("b", "Zeta");
     let _e = server.member("c", "zeta");
