@@ -46,8 +46,8 @@ struct RoomModel {
     /// Client slots, in join order.
     members: Vec<usize>,
     last_seq: u64,
-    /// (seq, text) of the last `HISTORY` messages.
-    history: Vec<(u64, String)>,
+    /// The last `HISTORY` messages, as they were delivered.
+    history: Vec<Value>,
 }
 
 struct World {
@@ -56,7 +56,7 @@ struct World {
     /// Per slot: (room, username) while in a room.
     state: Vec<Option<(String, String)>>,
     rooms: BTreeMap<String, RoomModel>,
-    /// Frames each slot must receive next, in order: (event, data fields that must match).
+    /// Frames each slot must receive next, in order: (event, data; see `check_frame`).
     expected: Vec<Vec<(&'static str, Value)>>,
     said: u64,
 }
@@ -107,7 +107,12 @@ impl World {
 
     /// Sends a request from `slot`, reads its frames up to the reply and
     /// checks them against what the model expects of `slot`.
-    fn request(&mut self, slot: usize, event: &str, data: Value) -> Result<Value, TestCaseError> {
+    fn request(
+        &mut self,
+        slot: usize,
+        event: &str,
+        data: Value,
+    ) -> Result<(Vec<Value>, Value), TestCaseError> {
         let (frames, reply) = self.clients[slot].request(event, data);
         let expected = std::mem::take(&mut self.expected[slot]);
         prop_assert_eq!(
@@ -119,7 +124,7 @@ impl World {
         for (frame, (event, fields)) in frames.iter().zip(&expected) {
             check_frame(frame, event, fields)?;
         }
-        Ok(reply)
+        Ok((frames, reply))
     }
 
     fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
@@ -151,14 +156,11 @@ impl World {
                     .iter()
                     .map(|&m| json!({"id": self.id(m), "username": self.state[m].as_ref().unwrap().1}))
                     .collect();
-                let history: Vec<Value> = r
-                    .history
-                    .iter()
-                    .map(|(seq, text)| json!({"seq": seq, "text": text}))
-                    .collect();
+                let history = r.history.clone();
                 let joined = json!({"room": room, "username": name, "id": me, "users": users, "history": history});
                 self.expected[c].push(("joined", joined));
-                let reply = self.request(c, "joinRoom", json!({"username": name, "room": room}))?;
+                let (_, reply) =
+                    self.request(c, "joinRoom", json!({"username": name, "room": room}))?;
                 check_frame(&reply, "ack", &json!({"ok": true, "room": room}))?;
             }
             Op::Chat { c } => {
@@ -170,18 +172,31 @@ impl World {
                         let r = self.rooms.get_mut(&room).unwrap();
                         r.last_seq += 1;
                         let seq = r.last_seq;
-                        r.history.push((seq, text.clone()));
+                        let data = json!({"room": room, "seq": seq, "id": self.id(c), "username": name, "text": text});
+                        self.tell_others(&room, None, "chatMessage", data);
+                        Some((room, seq))
+                    }
+                };
+                let (frames, got) = self.request(c, "chatMessage", json!({ "text": text }))?;
+                match reply {
+                    Some((room, seq)) => {
+                        check_frame(&got, "ack", &json!({"ok": true, "seq": seq}))?;
+                        // One message, one `ts`: the others get the sender's
+                        // echo exactly, and so do later joiners in `history`.
+                        let echo = frames[0]["data"].clone();
+                        for expected in &mut self.expected {
+                            for (event, data) in expected.iter_mut() {
+                                if *event == "chatMessage" && data["seq"] == seq {
+                                    *data = echo.clone();
+                                }
+                            }
+                        }
+                        let r = self.rooms.get_mut(&room).unwrap();
+                        r.history.push(echo);
                         if r.history.len() > HISTORY {
                             r.history.remove(0);
                         }
-                        let data = json!({"room": room, "seq": seq, "id": self.id(c), "username": name, "text": text});
-                        self.tell_others(&room, None, "chatMessage", data);
-                        Some(seq)
                     }
-                };
-                let got = self.request(c, "chatMessage", json!({ "text": text }))?;
-                match reply {
-                    Some(seq) => check_frame(&got, "ack", &json!({"ok": true, "seq": seq}))?,
                     None => check_frame(&got, "error", &json!({"code": "not_in_room"}))?,
                 }
             }
@@ -192,7 +207,7 @@ impl World {
                         json!({"room": room, "id": self.id(c), "username": name, "typing": typing});
                     self.tell_others(room, Some(c), "typing", data);
                 }
-                let got = self.request(c, "typing", json!({ "typing": typing }))?;
+                let (_, got) = self.request(c, "typing", json!({ "typing": typing }))?;
                 let want = if inside.is_some() {
                     ("ack", json!({"ok": true}))
                 } else {
@@ -205,7 +220,7 @@ impl World {
                 if let Some(room) = &left {
                     self.expected[c].push(("left", json!({ "room": room })));
                 }
-                let got = self.request(c, "leaveRoom", json!({}))?;
+                let (_, got) = self.request(c, "leaveRoom", json!({}))?;
                 let want = if left.is_some() {
                     ("ack", json!({"ok": true}))
                 } else {
@@ -257,25 +272,42 @@ impl World {
     }
 }
 
-/// `frame` is `event` and its data has every field of `fields` (arrays compared element-wise as subsets).
-fn check_frame(frame: &Value, event: &str, fields: &Value) -> Result<(), TestCaseError> {
+/// `frame` is `event` and its data is `want`, field for field, on every
+/// engine: no field missing, none extra. Two things the model cannot know
+/// are left open: an `error`'s `message`, and a `ts` the model does not give
+/// (a message not yet seen), which must be a whole number.
+fn check_frame(frame: &Value, event: &str, want: &Value) -> Result<(), TestCaseError> {
     prop_assert_eq!(&frame["event"], event, "frame {}", frame);
+    let open: &[&str] = if event == "error" {
+        &["message"]
+    } else {
+        &["ts"]
+    };
     prop_assert!(
-        subset(fields, &frame["data"]),
-        "expected {} within {}",
-        fields,
+        same(want, &frame["data"], open),
+        "expected {} as the data of {}",
+        want,
         frame
     );
     Ok(())
 }
 
-fn subset(want: &Value, got: &Value) -> bool {
+fn same(want: &Value, got: &Value, open: &[&str]) -> bool {
     match (want, got) {
-        (Value::Object(w), Value::Object(g)) => w
-            .iter()
-            .all(|(k, v)| g.get(k).is_some_and(|gv| subset(v, gv))),
+        (Value::Object(w), Value::Object(g)) => {
+            w.iter()
+                .all(|(k, v)| g.get(k).is_some_and(|gv| same(v, gv, open)))
+                && g.iter().all(|(k, v)| {
+                    w.contains_key(k)
+                        || open.contains(&k.as_str())
+                            && match k.as_str() {
+                                "ts" => v.is_u64(),
+                                _ => v.as_str().is_some_and(|m| !m.is_empty()),
+                            }
+                })
+        }
         (Value::Array(w), Value::Array(g)) => {
-            w.len() == g.len() && w.iter().zip(g).all(|(a, b)| subset(a, b))
+            w.len() == g.len() && w.iter().zip(g).all(|(a, b)| same(a, b, open))
         }
         _ => want == got,
     }
