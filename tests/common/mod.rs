@@ -3,6 +3,7 @@
 //! protocol, and raw HTTP for the cases a client library would refuse to send.
 #![allow(dead_code)]
 
+pub mod engine;
 pub mod process;
 pub mod redis;
 

@@ -1,0 +1,12 @@
+//! The protocol suites on a cluster of one node.
+
+use crate::common::engine::Setup;
+
+const SETUP: Setup = Setup::Cluster { nodes: 1 };
+
+#[path = "errors.rs"]
+mod errors;
+#[path = "properties.rs"]
+mod properties;
+#[path = "rooms.rs"]
+mod rooms;
