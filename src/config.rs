@@ -78,7 +78,7 @@ pub struct Config {
     /// Run as one node of a cluster whose rooms live in this Redis
     /// (redis://HOST:PORT[/DB] or unix:///path). Without it, rooms live in
     /// this process alone.
-    #[arg(long, env = "CHAT_REDIS", value_name = "URL")]
+    #[arg(long, env = "CHAT_REDIS", value_name = "URL", hide_env_values = true)]
     pub redis: Option<String>,
 
     /// Prefix of every Redis key and channel of the cluster, so that several

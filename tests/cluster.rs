@@ -919,3 +919,117 @@ fn startup_without_a_reachable_redis_exits_1_naming_the_url() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("http://nope"));
 }
+
+/// Runs the binary with `args` and `env` at RUST_LOG=trace, its stderr to
+/// a file; `until` runs while it is up (given its HTTP and WS ports; None
+/// if it exited before its banner). Then SIGTERM; returns the exit code and
+/// everything it wrote.
+fn run_traced(
+    args: &[&str],
+    env: &[(&str, &str)],
+    until: impl FnOnce(Option<(u16, u16)>),
+) -> (Option<i32>, String) {
+    use std::io::{BufRead, BufReader};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let log = std::env::temp_dir().join(format!(
+        "roomchat-trace-{}-{}.log",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roomchat"))
+        .args([
+            "--http-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--redis-tick-ms",
+            "100",
+        ])
+        .args(args)
+        .env_remove("CHAT_REDIS")
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    let _ = BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut banner);
+    let port = |scheme: &str| -> Option<u16> {
+        let rest = &banner[banner.find(scheme)? + scheme.len()..];
+        let digits: String = rest
+            .split(':')
+            .nth(1)?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    until(port("http://").zip(port("ws://")));
+    let pid = child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    (code, text)
+}
+
+#[test]
+fn a_redis_password_never_reaches_the_logs_or_help_in_any_url_form() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    const SECRET: &str = "s3cr3t-Pw0rd";
+    let sock = redis.url.trim_start_matches("unix://").to_owned();
+    redis.cmd(&["CONFIG", "SET", "requirepass", SECRET]);
+    for url in [
+        format!("unix://{sock}?pass={SECRET}"),
+        format!("redis+unix://{sock}?db=0&pass={SECRET}"),
+    ] {
+        let (code, log) = run_traced(&["--redis", &url], &[], |ports| {
+            let Some((_, ws)) = ports else {
+                panic!("the node did not start with {url}");
+            };
+            let mut c = Client::connect(&format!("ws://127.0.0.1:{ws}/ws"));
+            c.join("ann", "vault");
+            c.say("hello");
+        });
+        assert_eq!(code, Some(0), "{log}");
+        assert!(log.contains("***"), "the URL is shown, masked: {log}");
+        assert!(
+            !log.contains(SECRET),
+            "{url}: the password in the log:\n{log}"
+        );
+    }
+    // A wrong password, given in the variable: exit 1, no secret.
+    let url = format!("unix://{sock}?pass=wrong-{SECRET}");
+    let (code, log) = run_traced(&[], &[("CHAT_REDIS", &url)], |ports| {
+        assert!(ports.is_none())
+    });
+    assert_eq!(code, Some(1), "{log}");
+    assert!(!log.contains(SECRET), "{log}");
+    // --help prints the variable's name, never its value.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_roomchat"))
+        .arg("--help")
+        .env("CHAT_REDIS", &url)
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("CHAT_REDIS") && !help.contains(SECRET),
+        "{help}"
+    );
+}

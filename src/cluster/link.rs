@@ -67,20 +67,48 @@ impl Target {
     }
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`, for logs.
+/// A Redis URL for logs, its secrets masked in every form the redis crate
+/// reads one: `redis://user:secret@host` → `redis://user:***@host`, and a
+/// `pass=` or `password=` parameter (`unix:///run/r.sock?pass=secret`) →
+/// `pass=***`. The userinfo is everything before the last `@` of the part
+/// before the query, so a password holding `/` or `@` is masked whole.
 pub(crate) fn mask_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let host_start = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_start].rfind('@') {
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let mut shown = format!("{scheme}://");
+    match before_query.rfind('@') {
         Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***{}", &rest[at..])
+            let userinfo = &before_query[..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => shown.push_str(&format!("{user}:***")),
+                // `redis://secret@host`: a lone userinfo is the password.
+                None => shown.push_str("***"),
+            }
+            shown.push_str(&before_query[at..]);
         }
-        None => url.to_owned(),
+        None => shown.push_str(before_query),
     }
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _))
+                    if key.eq_ignore_ascii_case("pass") || key.eq_ignore_ascii_case("password") =>
+                {
+                    format!("{key}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    shown
 }
 
 /// Whether the node may serve, and why not; and the health thread's bell.
@@ -288,6 +316,20 @@ mod tests {
         assert_eq!(mask_password("redis://u:pw@h"), "redis://u:***@h");
         assert_eq!(mask_password("redis://h:1/0"), "redis://h:1/0");
         assert_eq!(mask_password("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
+        assert_eq!(
+            mask_password("unix:///tmp/r.sock?db=2&pass=pw"),
+            "unix:///tmp/r.sock?db=2&pass=***"
+        );
+        assert_eq!(
+            mask_password("redis+unix:///r.sock?PASSWORD=pw&user=u"),
+            "redis+unix:///r.sock?PASSWORD=***&user=u"
+        );
+        assert_eq!(mask_password("redis://:p/w@d@h/0"), "redis://:***@h/0");
+        assert_eq!(mask_password("rediss://pw@h"), "rediss://***@h");
+        assert_eq!(
+            mask_password("redis://u:pw@h/0?password=pw"),
+            "redis://u:***@h/0?password=***"
+        );
     }
 
     #[test]
