@@ -22,6 +22,8 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 struct ClusterMetrics {
     redis_up: AtomicBool,
+    /// Times the node stopped serving rooms (Redis unusable).
+    downs: AtomicU64,
     /// Rooms brought up to date from their log after lost pub/sub messages.
     repairs: AtomicU64,
     /// Rooms whose local members got 1012: state lost, or beyond repair.
@@ -65,7 +67,9 @@ impl Metrics {
 
     pub(crate) fn set_redis_up(&self, up: bool) {
         if let Some(c) = self.cluster.get() {
-            c.redis_up.store(up, Relaxed);
+            if c.redis_up.swap(up, Relaxed) && !up {
+                c.downs.fetch_add(1, Relaxed);
+            }
         }
     }
 
@@ -131,6 +135,12 @@ impl Metrics {
                 "gauge",
                 "1 while Redis answers and this node's channel is subscribed, else 0.",
                 u64::from(c.redis_up.load(Relaxed)),
+            );
+            series(
+                "roomchat_redis_down_total",
+                "counter",
+                "Times this node stopped serving rooms because Redis was unusable.",
+                c.downs.load(Relaxed),
             );
             series(
                 "roomchat_cluster_repairs_total",

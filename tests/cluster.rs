@@ -1033,3 +1033,37 @@ fn a_redis_password_never_reaches_the_logs_or_help_in_any_url_form() {
         "{help}"
     );
 }
+
+#[test]
+fn connections_redis_closed_for_idleness_are_reopened_without_unavailable_or_down() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    // Redis closes a client idle for more than a second: every command
+    // connection a node keeps but did not use (its lanes, its repairs').
+    redis.cmd(&["CONFIG", "SET", "timeout", "1"]);
+    let (a, b) = (redis.node(), redis.node());
+    let mut ann = a.member("ann", "idle");
+    let mut bob = b.member("bob", "idle");
+    ann.expect("userJoined");
+    // Each node takes its connections in turn (four): enough requests use
+    // every one of them, before the pause and after it.
+    let talk = |ann: &mut Client, bob: &mut Client, round: usize| {
+        for i in 0..8 {
+            let seq = ann.say(&format!("{round}: a{i}"));
+            assert_eq!(next_chat(bob)["seq"], seq);
+            let seq = bob.say(&format!("{round}: b{i}"));
+            assert_eq!(next_chat(ann)["seq"], seq);
+        }
+    };
+    talk(&mut ann, &mut bob, 0);
+    for round in 1..3 {
+        // The idleness is what is tested: no request can stand in for it.
+        thread::sleep(Duration::from_millis(2500));
+        talk(&mut ann, &mut bob, round);
+    }
+    for node in [&a, &b] {
+        assert_eq!(node.metric("roomchat_redis_down_total"), 0);
+        assert_eq!(node.metric("roomchat_errors_total"), 0);
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use redis::Connection;
 
-use super::link::IO_TIMEOUT;
+use super::link::Kept;
 use super::scripts::{self, Beat};
 use super::state::Effects;
 use super::{random_tag, Node};
@@ -27,7 +27,7 @@ pub(super) fn ttl(tick: Duration) -> Duration {
 /// Runs until shutdown, starting with the connection startup registered on.
 pub(super) fn run(node: &Node, con: Connection, generation: String) {
     let mut health = Health {
-        con: Some(con),
+        con: Some(Kept::new(con)),
         generation,
         healthy_since: Some(Instant::now()),
         ttl: ttl(node.tick),
@@ -60,7 +60,7 @@ pub(super) fn run(node: &Node, con: Connection, generation: String) {
 }
 
 struct Health {
-    con: Option<Connection>,
+    con: Option<Kept>,
     /// The generation of Redis's data set this node knows.
     generation: String,
     /// Since when every heartbeat worked.
@@ -71,15 +71,16 @@ struct Health {
 impl Health {
     fn beat(&mut self, node: &Node) {
         if self.con.is_none() {
-            match node.link.target().connect(IO_TIMEOUT).and_then(|mut con| {
-                scripts::load_all(&mut con)?;
-                Ok(con)
-            }) {
-                Ok(con) => self.con = Some(con),
+            match Kept::open(node.link.target()) {
+                Ok(kept) => self.con = Some(kept),
                 Err(e) => return self.failed(node, &e.to_string()),
             }
         }
-        let con = self.con.as_mut().expect("connected above");
+        let kept = self.con.as_mut().expect("connected above");
+        let con = match kept.get(node.link.target()) {
+            Ok(con) => con,
+            Err(e) => return self.failed(node, &e.to_string()),
+        };
         let sent = unix_millis() as i64;
         let ttl_ms = self.ttl.as_millis() as u64;
         let fresh = random_tag(10);
@@ -146,7 +147,13 @@ impl Health {
     }
 
     fn reap(&mut self, node: &Node) {
-        let Some(con) = self.con.as_mut() else { return };
+        let Some(kept) = self.con.as_mut() else {
+            return;
+        };
+        let con = match kept.get(node.link.target()) {
+            Ok(con) => con,
+            Err(e) => return self.failed(node, &e.to_string()),
+        };
         for _ in 0..10 {
             match scripts::reap(con, &node.prefix, &node.tag, REAP_BATCH, None) {
                 Ok(n) if n > 0 => {

@@ -67,6 +67,52 @@ impl Target {
     }
 }
 
+/// A connection kept between uses. Redis closes a client that stays idle
+/// longer than its `timeout` setting, which counts whole seconds (at least
+/// 1): a connection idle for `IDLE_CHECK` or more is checked with a PING
+/// before use and replaced if Redis closed it. So a request goes out once,
+/// on an open connection, and a closed idle connection is neither an
+/// `unavailable` nor a reason to call Redis down.
+pub(crate) struct Kept {
+    con: Connection,
+    used: Instant,
+}
+
+/// Half of Redis's shortest idle `timeout`.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
+
+impl Kept {
+    /// A new connection with every script loaded.
+    pub(crate) fn open(target: &Target) -> RedisResult<Kept> {
+        let mut con = target.connect(IO_TIMEOUT)?;
+        scripts::load_all(&mut con)?;
+        Ok(Kept::new(con))
+    }
+
+    /// A connection opened (and its scripts loaded) elsewhere.
+    pub(crate) fn new(con: Connection) -> Kept {
+        Kept {
+            con,
+            used: Instant::now(),
+        }
+    }
+
+    /// The connection, checked first if it sat idle (and reopened if Redis
+    /// had closed it). An error: Redis is unusable.
+    pub(crate) fn get(&mut self, target: &Target) -> RedisResult<&mut Connection> {
+        if self.used.elapsed() >= IDLE_CHECK {
+            if let Err(e) = redis::cmd("PING").query::<()>(&mut self.con) {
+                if !is_fatal(&e) {
+                    return Err(e);
+                }
+                *self = Kept::open(target)?;
+            }
+        }
+        self.used = Instant::now();
+        Ok(&mut self.con)
+    }
+}
+
 /// A Redis URL for logs, its secrets masked in every form the redis crate
 /// reads one: `redis://user:secret@host` → `redis://user:***@host`, and a
 /// `pass=` or `password=` parameter (`unix:///run/r.sock?pass=secret`) →
@@ -165,7 +211,7 @@ impl Status {
 /// The lanes and the status they report to.
 pub(crate) struct Link {
     target: Target,
-    lanes: Vec<Mutex<Option<Connection>>>,
+    lanes: Vec<Mutex<Option<Kept>>>,
     next: AtomicUsize,
     pub(crate) status: Status,
     metrics: Arc<Metrics>,
@@ -207,19 +253,23 @@ impl Link {
             return Err(Down);
         }
         if lane.is_none() {
-            let connected = self
-                .target
-                .connect(IO_TIMEOUT)
-                .and_then(|mut con| scripts::load_all(&mut con).map(|()| con));
-            match connected {
-                Ok(con) => *lane = Some(con),
+            match Kept::open(&self.target) {
+                Ok(kept) => *lane = Some(kept),
                 Err(e) => {
                     self.set_health(false, &format!("connect: {e}"));
                     return Err(Down);
                 }
             }
         }
-        let con = lane.as_mut().expect("connected above");
+        let kept = lane.as_mut().expect("connected above");
+        let con = match kept.get(&self.target) {
+            Ok(con) => con,
+            Err(e) => {
+                *lane = None;
+                self.set_health(false, &format!("connect: {e}"));
+                return Err(Down);
+            }
+        };
         match call(con) {
             Ok(value) => Ok(value),
             Err(e) if is_fatal(&e) => {
@@ -235,7 +285,7 @@ impl Link {
     }
 
     /// A free lane if there is one, else the next in turn (waiting for it).
-    fn lane(&self) -> MutexGuard<'_, Option<Connection>> {
+    fn lane(&self) -> MutexGuard<'_, Option<Kept>> {
         let start = self.next.fetch_add(1, Relaxed);
         for i in 0..self.lanes.len() {
             if let Ok(lane) = self.lanes[(start + i) % self.lanes.len()].try_lock() {

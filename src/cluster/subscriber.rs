@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use log::{error, info, warn};
-use redis::{Connection, RedisResult};
+use redis::RedisResult;
 
 use super::event::Event;
-use super::link::IO_TIMEOUT;
+use super::link::{Kept, IO_TIMEOUT};
 use super::scripts::{self, Resync};
 use super::state::{Applied, Effects};
 use super::Node;
@@ -50,8 +50,7 @@ fn serve(node: &Node, ready: &mut Option<Sender<Result<(), String>>>) -> RedisRe
     let target = node.link.target();
     let mut sub = target.connect(IO_TIMEOUT)?;
     // Repairs use their own connection: the other is in subscriber mode.
-    let mut cmd = target.connect(IO_TIMEOUT)?;
-    scripts::load_all(&mut cmd)?;
+    let mut cmd = Kept::open(target)?;
     let mut pubsub = sub.as_pubsub();
     pubsub.subscribe(format!("{}:to:{}", node.prefix, node.tag))?;
     pubsub.set_read_timeout(Some(READ_TICK))?;
@@ -91,7 +90,7 @@ fn serve(node: &Node, ready: &mut Option<Sender<Result<(), String>>>) -> RedisRe
 
 /// Applies one message from the channel; repairs its room first if
 /// events are missing before it.
-fn deliver(node: &Node, cmd: &mut Connection, payload: &[u8]) -> RedisResult<()> {
+fn deliver(node: &Node, cmd: &mut Kept, payload: &[u8]) -> RedisResult<()> {
     let Ok(text) = std::str::from_utf8(payload) else {
         error!("a message on the node's channel is not UTF-8; dropped");
         return Ok(());
@@ -118,7 +117,7 @@ fn deliver(node: &Node, cmd: &mut Connection, payload: &[u8]) -> RedisResult<()>
 }
 
 /// Every room the node follows, after a new subscription.
-fn repair_all(node: &Node, cmd: &mut Connection) -> RedisResult<()> {
+fn repair_all(node: &Node, cmd: &mut Kept) -> RedisResult<()> {
     let rooms = {
         let mut fx = Effects::default();
         let mut state = node.lock();
@@ -145,16 +144,17 @@ const REPAIR_CHUNK: usize = 64;
 /// longer reaches back far enough, or the room is another incarnation or
 /// gone, its local members get 1012. No lock is held during Redis I/O; only
 /// this thread moves positions, so the position read before stays valid.
-fn repair(
-    node: &Node,
-    cmd: &mut Connection,
-    room: &str,
-    live: Option<&Event<'_>>,
-) -> RedisResult<()> {
+fn repair(node: &Node, cmd: &mut Kept, room: &str, live: Option<&Event<'_>>) -> RedisResult<()> {
     let Some((epoch, from)) = node.lock().position(room) else {
         return Ok(());
     };
-    let reply = scripts::resync(cmd, &node.prefix, room, &epoch, from)?;
+    let reply = scripts::resync(
+        cmd.get(node.link.target())?,
+        &node.prefix,
+        room,
+        &epoch,
+        from,
+    )?;
     let mut fx = Effects::default();
     let mut state = node.lock();
     match reply {
