@@ -20,12 +20,12 @@ test: ## unit and integration tests over real loopback sockets (about a minute; 
 	$(CARGO) test --workspace
 
 cluster-test: ## the cluster tests and the protocol suites on 1 and 2 nodes, ~50 s: each test starts its own redis-server (skipped, with a message, without one)
-	$(CARGO) test --test cluster --test cluster_suites
+	$(CARGO) test --test cluster --test cluster_suites --test cluster_faults
 
 check: ## formatting and lints, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --test cluster --test cluster_suites -- -D warnings # test = false keeps them out of --all-targets
+	$(CARGO) clippy --test cluster --test cluster_suites --test cluster_faults -- -D warnings # test = false keeps them out of --all-targets
 	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins # the fuzz targets use the library's hidden API
 
 fmt: ## format the code

@@ -13,33 +13,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::redis::{NodeProcess, TestRedis};
+use common::redis::{eventually, next_chat, NodeProcess, TestRedis};
 use common::{Client, RawSocket, TestServer};
 use serde_json::{json, Value};
-
-/// Polls `check` every 20 ms until it holds; fails the test after `limit`.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
 
 fn rooms(node: &TestServer) -> (u16, String) {
     let r = node.get("/api/rooms");
     (r.status, r.body)
-}
-
-/// Reads frames until a `chatMessage`; returns its data. Other frames are skipped.
-fn next_chat(c: &mut Client) -> Value {
-    loop {
-        let frame = c.recv();
-        if frame["event"] == "chatMessage" {
-            return frame["data"].clone();
-        }
-    }
 }
 
 #[test]
@@ -918,152 +898,4 @@ fn startup_without_a_reachable_redis_exits_1_naming_the_url() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("http://nope"));
-}
-
-/// Runs the binary with `args` and `env` at RUST_LOG=trace, its stderr to
-/// a file; `until` runs while it is up (given its HTTP and WS ports; None
-/// if it exited before its banner). Then SIGTERM; returns the exit code and
-/// everything it wrote.
-fn run_traced(
-    args: &[&str],
-    env: &[(&str, &str)],
-    until: impl FnOnce(Option<(u16, u16)>),
-) -> (Option<i32>, String) {
-    use std::io::{BufRead, BufReader};
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let log = std::env::temp_dir().join(format!(
-        "roomchat-trace-{}-{}.log",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roomchat"))
-        .args([
-            "--http-port",
-            "0",
-            "--ws-port",
-            "0",
-            "--redis-tick-ms",
-            "100",
-        ])
-        .args(args)
-        .env_remove("CHAT_REDIS")
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let mut banner = String::new();
-    let _ = BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut banner);
-    let port = |scheme: &str| -> Option<u16> {
-        let rest = &banner[banner.find(scheme)? + scheme.len()..];
-        let digits: String = rest
-            .split(':')
-            .nth(1)?
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
-    };
-    until(port("http://").zip(port("ws://")));
-    let pid = child.id().to_string();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
-    (code, text)
-}
-
-#[test]
-fn a_redis_password_never_reaches_the_logs_or_help_in_any_url_form() {
-    let Some(redis) = TestRedis::start() else {
-        return;
-    };
-    const SECRET: &str = "s3cr3t-Pw0rd";
-    let sock = redis.url.trim_start_matches("unix://").to_owned();
-    redis.cmd(&["CONFIG", "SET", "requirepass", SECRET]);
-    for url in [
-        format!("unix://{sock}?pass={SECRET}"),
-        format!("redis+unix://{sock}?db=0&pass={SECRET}"),
-    ] {
-        let (code, log) = run_traced(&["--redis", &url], &[], |ports| {
-            let Some((_, ws)) = ports else {
-                panic!("the node did not start with {url}");
-            };
-            let mut c = Client::connect(&format!("ws://127.0.0.1:{ws}/ws"));
-            c.join("ann", "vault");
-            c.say("hello");
-        });
-        assert_eq!(code, Some(0), "{log}");
-        assert!(log.contains("***"), "the URL is shown, masked: {log}");
-        assert!(
-            !log.contains(SECRET),
-            "{url}: the password in the log:\n{log}"
-        );
-    }
-    // A wrong password, given in the variable: exit 1, no secret.
-    let url = format!("unix://{sock}?pass=wrong-{SECRET}");
-    let (code, log) = run_traced(&[], &[("CHAT_REDIS", &url)], |ports| {
-        assert!(ports.is_none())
-    });
-    assert_eq!(code, Some(1), "{log}");
-    assert!(!log.contains(SECRET), "{log}");
-    // --help prints the variable's name, never its value.
-    let help = std::process::Command::new(env!("CARGO_BIN_EXE_roomchat"))
-        .arg("--help")
-        .env("CHAT_REDIS", &url)
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&help.stdout);
-    assert!(
-        help.contains("CHAT_REDIS") && !help.contains(SECRET),
-        "{help}"
-    );
-}
-
-#[test]
-fn connections_redis_closed_for_idleness_are_reopened_without_unavailable_or_down() {
-    let Some(redis) = TestRedis::start() else {
-        return;
-    };
-    // Redis closes a client idle for more than a second: every command
-    // connection a node keeps but did not use (its lanes, its repairs').
-    redis.cmd(&["CONFIG", "SET", "timeout", "1"]);
-    let (a, b) = (redis.node(), redis.node());
-    let mut ann = a.member("ann", "idle");
-    let mut bob = b.member("bob", "idle");
-    ann.expect("userJoined");
-    // Each node takes its connections in turn (four): enough requests use
-    // every one of them, before the pause and after it.
-    let talk = |ann: &mut Client, bob: &mut Client, round: usize| {
-        for i in 0..8 {
-            let seq = ann.say(&format!("{round}: a{i}"));
-            assert_eq!(next_chat(bob)["seq"], seq);
-            let seq = bob.say(&format!("{round}: b{i}"));
-            assert_eq!(next_chat(ann)["seq"], seq);
-        }
-    };
-    talk(&mut ann, &mut bob, 0);
-    for round in 1..3 {
-        // The idleness is what is tested: no request can stand in for it.
-        thread::sleep(Duration::from_millis(2500));
-        talk(&mut ann, &mut bob, round);
-    }
-    for node in [&a, &b] {
-        assert_eq!(node.metric("roomchat_redis_down_total"), 0);
-        assert_eq!(node.metric("roomchat_errors_total"), 0);
-    }
 }

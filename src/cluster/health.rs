@@ -29,6 +29,7 @@ pub(super) fn run(node: &Node, con: Connection, generation: String) {
     let mut health = Health {
         con: Some(Kept::new(con)),
         generation,
+        clock: 0,
         healthy_since: Some(Instant::now()),
         ttl: ttl(node.tick),
     };
@@ -61,8 +62,11 @@ pub(super) fn run(node: &Node, con: Connection, generation: String) {
 
 struct Health {
     con: Option<Kept>,
-    /// The generation of Redis's data set this node knows.
+    /// The generation of Redis's data set this node knows ('' until the
+    /// node registers again, after it was reaped).
     generation: String,
+    /// The highest heartbeat clock seen (see heartbeat.lua).
+    clock: u64,
     /// Since when every heartbeat worked.
     healthy_since: Option<Instant>,
     ttl: Duration,
@@ -84,26 +88,59 @@ impl Health {
         let sent = unix_millis() as i64;
         let ttl_ms = self.ttl.as_millis() as u64;
         let fresh = random_tag(10);
-        match scripts::heartbeat(
-            con,
-            &node.prefix,
-            &node.tag,
-            ttl_ms,
-            &self.generation,
-            &fresh,
-        ) {
-            Ok((beat, generation, redis_now)) => {
-                let offset = redis_now - (sent + unix_millis() as i64) / 2;
-                node.offset_ms
-                    .store(offset, std::sync::atomic::Ordering::Relaxed);
-                if matches!(beat, Beat::Lost | Beat::Reaped) {
-                    self.reset(node, &beat);
-                    self.generation = generation;
-                }
+        let known = (self.generation.as_str(), self.clock);
+        let heard = match scripts::heartbeat(con, &node.prefix, &node.tag, ttl_ms, known, &fresh) {
+            Ok(heard) => heard,
+            Err(e) => return self.failed(node, &e.to_string()),
+        };
+        let offset = heard.now - (sent + unix_millis() as i64) / 2;
+        node.offset_ms
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+        self.clock = self.clock.max(heard.clock);
+        match heard.beat {
+            Beat::Ok => {
+                self.generation = heard.generation;
                 self.healthy_since.get_or_insert_with(Instant::now);
                 node.link.set_health(true, "heartbeat");
             }
-            Err(e) => self.failed(node, &e.to_string()),
+            Beat::Lost => {
+                self.reset(node, &heard.beat);
+                self.generation = heard.generation;
+                self.healthy_since.get_or_insert_with(Instant::now);
+                node.link.set_health(true, "heartbeat");
+            }
+            Beat::Reaped => {
+                // The others took this node for dead: its members here get
+                // 1012, what is left of them in Redis is taken out, and the
+                // node registers again at once, as at startup.
+                self.reset(node, &heard.beat);
+                if let Err(e) = self.reap_self(node) {
+                    return self.failed(node, &e);
+                }
+                self.generation.clear();
+                node.link.set_health(false, "reaped; registering again");
+            }
+            Beat::Taken => self.failed(node, "another live node has this node's tag"),
+        }
+    }
+
+    /// Takes every member Redis still attributes to this node out of its
+    /// room, in bounded batches.
+    fn reap_self(&mut self, node: &Node) -> Result<(), String> {
+        let Some(kept) = self.con.as_mut() else {
+            return Err("no connection".into());
+        };
+        let con = kept.get(node.link.target()).map_err(|e| e.to_string())?;
+        loop {
+            let deadline =
+                scripts::deadline(node.offset_ms.load(std::sync::atomic::Ordering::Relaxed));
+            let only = Some(node.tag.as_str());
+            match scripts::reap(con, &node.prefix, &node.tag, REAP_BATCH, only, deadline) {
+                Ok(Some(n)) if n == REAP_BATCH => continue,
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => return Err("reaping itself: past its deadline".into()),
+                Err(e) => return Err(e.to_string()),
+            }
         }
     }
 
@@ -155,8 +192,10 @@ impl Health {
             Err(e) => return self.failed(node, &e.to_string()),
         };
         for _ in 0..10 {
-            match scripts::reap(con, &node.prefix, &node.tag, REAP_BATCH, None) {
-                Ok(n) if n > 0 => {
+            let deadline =
+                scripts::deadline(node.offset_ms.load(std::sync::atomic::Ordering::Relaxed));
+            match scripts::reap(con, &node.prefix, &node.tag, REAP_BATCH, None, deadline) {
+                Ok(Some(n)) if n > 0 => {
                     info!("reaped {n} members of dead nodes");
                     if n < REAP_BATCH {
                         return;

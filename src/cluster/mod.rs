@@ -221,7 +221,7 @@ impl Cluster {
                     .map(|m| (m.room.as_str(), m.epoch.as_str()));
                 let username = json_string(username);
                 let epoch = random_tag(8);
-                let (outcome, _, kept) = node.link.call(|con| {
+                let (outcome, joined, kept) = node.link.call(|con| {
                     scripts::join(con, call, &node.tag, &username, room, &epoch, current)
                 })?;
                 if !kept {
@@ -231,7 +231,10 @@ impl Cluster {
                         let _ = node.resync_tx.send(old.to_owned());
                     }
                 }
-                Ok(outcome)
+                Ok(match (outcome, joined) {
+                    (Outcome::Ok(_), Some(epoch)) => Outcome::Joined(epoch),
+                    (outcome, _) => outcome,
+                })
             })
     }
 
@@ -305,7 +308,15 @@ impl Cluster {
             .connect(SELF_REAP_BUDGET)
             .and_then(|mut con| {
                 let started = Instant::now();
-                while scripts::reap(&mut con, &node.prefix, &node.tag, 500, Some(&node.tag))? == 500
+                let only = Some(node.tag.as_str());
+                while scripts::reap(
+                    &mut con,
+                    &node.prefix,
+                    &node.tag,
+                    500,
+                    only,
+                    scripts::deadline(node.offset_ms.load(Relaxed)),
+                )? == Some(500)
                 {
                     if started.elapsed() > SELF_REAP_BUDGET {
                         break;
@@ -365,7 +376,7 @@ impl Node {
         if let Some(q) = req.in_flight.checked_sub(MAX_IN_FLIGHT) {
             self.wait(id, &req.barrier, q);
         }
-        let result = self.run(id, &req, settled, ack, script);
+        let result = self.run(id, join, &req, settled, ack, script);
         self.lock().end(id);
         result
     }
@@ -373,6 +384,7 @@ impl Node {
     fn run(
         &self,
         id: ClientId,
+        join: Option<&str>,
         req: &Request,
         settled: bool,
         ack: Option<u64>,
@@ -397,6 +409,24 @@ impl Node {
                 }
                 Ok(())
             }
+            Outcome::Joined(epoch) => {
+                self.lock().sent(id, req.q);
+                let room = join.expect("only a join joins");
+                if !self.wait(id, &req.barrier, req.q) && !self.lock().is_member(id, room, &epoch) {
+                    // Redis took the join, but its event never reached this
+                    // node (the client is closed): the membership would stay
+                    // in Redis for good unless it is taken out now.
+                    self.leave_later(
+                        Leave {
+                            id,
+                            room: room.to_owned(),
+                            epoch,
+                        },
+                        true,
+                    );
+                }
+                Ok(())
+            }
             Outcome::Late | Outcome::NoNode => Err(Refused::Unavailable),
             Outcome::Stale | Outcome::Gone => {
                 // Redis no longer has this client in its room: the room's
@@ -413,11 +443,16 @@ impl Node {
 
     /// Waits until the subscriber applied the client's request `q` (or
     /// closed the client). Past `BARRIER_WAIT` the request's fate is
-    /// unknown: the client gets 1012.
-    fn wait(&self, id: ClientId, barrier: &Barrier, q: u64) {
-        if barrier.wait(q, BARRIER_WAIT) == Waited::TimedOut {
-            warn!("client {id}: request {q} not delivered within {BARRIER_WAIT:?}; closing it");
-            self.close(id, false);
+    /// unknown: the client gets 1012. True if it was applied.
+    fn wait(&self, id: ClientId, barrier: &Barrier, q: u64) -> bool {
+        match barrier.wait(q, BARRIER_WAIT) {
+            Waited::Applied => true,
+            Waited::Broken => false,
+            Waited::TimedOut => {
+                warn!("client {id}: request {q} not delivered within {BARRIER_WAIT:?}; closing it");
+                self.close(id, false);
+                false
+            }
         }
     }
 
@@ -496,11 +531,11 @@ fn register(
                 let tag = random_tag(10);
                 let sent = unix_millis() as i64;
                 let ttl_ms = ttl.as_millis() as u64;
-                let (beat, generation, redis_now) =
-                    scripts::heartbeat(&mut con, prefix, &tag, ttl_ms, "", &random_tag(10))?;
-                if beat != scripts::Beat::Taken {
-                    let offset = redis_now - (sent + unix_millis() as i64) / 2;
-                    return Ok((tag, generation, con, offset));
+                let heard =
+                    scripts::heartbeat(&mut con, prefix, &tag, ttl_ms, ("", 0), &random_tag(10))?;
+                if heard.beat != scripts::Beat::Taken {
+                    let offset = heard.now - (sent + unix_millis() as i64) / 2;
+                    return Ok((tag, heard.generation, con, offset));
                 }
             }
         });

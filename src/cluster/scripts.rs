@@ -17,7 +17,7 @@ use super::event::Pos;
 /// minutes of a chatty one; ~300 KB of Redis memory per busy room.
 pub(crate) const LOG_LEN: u32 = 1000;
 /// Most log entries one repair reads.
-const RESYNC_MAX: u32 = 10_000;
+pub(crate) const RESYNC_MAX: u32 = 10_000;
 
 macro_rules! script {
     ($name:ident, $file:literal) => {
@@ -52,6 +52,8 @@ pub(crate) fn load_all(con: &mut Connection) -> RedisResult<()> {
 pub(crate) enum Outcome {
     /// Done; for a chat message, its `seq`.
     Ok(u64),
+    /// A join done, in the room's incarnation `epoch`.
+    Joined(String),
     /// Past its deadline: Redis was too slow, nothing was done.
     Late,
     /// The room was lost or recreated: the client's membership is gone.
@@ -80,10 +82,15 @@ pub(crate) struct Call<'a> {
 /// wakes up.
 const DEADLINE_MS: i64 = 500;
 
+/// Milliseconds on Redis's clock after which a script sent now does
+/// nothing, given Redis's clock minus ours.
+pub(crate) fn deadline(offset_ms: i64) -> i64 {
+    crate::delivery::unix_millis() as i64 + offset_ms + DEADLINE_MS
+}
+
 impl Call<'_> {
-    /// Milliseconds on Redis's clock after which the script does nothing.
     fn deadline(&self) -> i64 {
-        crate::delivery::unix_millis() as i64 + self.offset_ms + DEADLINE_MS
+        deadline(self.offset_ms)
     }
 
     fn ack(&self) -> String {
@@ -200,7 +207,8 @@ pub(crate) fn leave(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Beat {
     Ok,
-    /// Redis came back without our data (the generation changed).
+    /// Redis came back without our data, or with older data (the
+    /// generation changed).
     Lost,
     /// The other nodes took this one for dead and removed its members.
     Reaped,
@@ -208,21 +216,39 @@ pub(crate) enum Beat {
     Taken,
 }
 
-/// A heartbeat: (what it found, the generation, Redis's clock in ms).
+/// What a heartbeat answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Heard {
+    pub(crate) beat: Beat,
+    /// The data set's generation.
+    pub(crate) generation: String,
+    /// Redis's time, in ms.
+    pub(crate) now: i64,
+    /// The heartbeat clock after this beat (see heartbeat.lua).
+    pub(crate) clock: u64,
+}
+
+/// A heartbeat. `known`: the generation this node knows ('' to register);
+/// `clock`: the highest heartbeat clock it has seen (0: none yet).
 pub(crate) fn heartbeat(
     con: &mut Connection,
     prefix: &str,
     node: &str,
     ttl_ms: u64,
-    known: &str,
+    (known, clock): (&str, u64),
     fresh: &str,
-) -> RedisResult<(Beat, String, i64)> {
+) -> RedisResult<Heard> {
     let reply: Vec<Value> = HEARTBEAT
         .arg(prefix)
         .arg(node)
         .arg(ttl_ms)
         .arg(known)
         .arg(fresh)
+        .arg(if clock == 0 {
+            String::new()
+        } else {
+            clock.to_string()
+        })
         .invoke(con)?;
     let beat = match reply.first().and_then(text).as_deref() {
         Some("ok") => Beat::Ok,
@@ -232,29 +258,37 @@ pub(crate) fn heartbeat(
         _ => return Err(unexpected("heartbeat")),
     };
     let generation = reply.get(1).and_then(text).unwrap_or_default();
-    let now = reply
-        .get(2)
-        .and_then(text)
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| unexpected("heartbeat time"))?;
-    Ok((beat, generation, now))
+    let number = |i: usize| reply.get(i).and_then(text).and_then(|t| t.parse().ok());
+    let now = number(2).ok_or_else(|| unexpected("heartbeat time"))?;
+    let clock = number(3).ok_or_else(|| unexpected("heartbeat clock"))?;
+    Ok(Heard {
+        beat,
+        generation,
+        now: now as i64,
+        clock,
+    })
 }
 
 /// Removes up to `batch` members of dead nodes (or of `only`, whatever its
-/// heartbeat); returns how many it removed.
+/// heartbeat); returns how many it removed, or None if Redis ran it past
+/// `deadline` (ms on Redis's clock: nothing was done).
 pub(crate) fn reap(
     con: &mut Connection,
     prefix: &str,
     node: &str,
     batch: u32,
     only: Option<&str>,
-) -> RedisResult<u32> {
-    REAP.arg(prefix)
+    deadline: i64,
+) -> RedisResult<Option<u32>> {
+    let done: i64 = REAP
+        .arg(prefix)
         .arg(node)
         .arg(LOG_LEN)
         .arg(batch)
         .arg(only.unwrap_or(""))
-        .invoke(con)
+        .arg(deadline)
+        .invoke(con)?;
+    Ok(u32::try_from(done).ok())
 }
 
 /// What a room's log holds after a position.
@@ -262,6 +296,9 @@ pub(crate) fn reap(
 pub(crate) enum Resync {
     /// The room is gone, or is another incarnation.
     Lost,
+    /// The room stood before this node's position: Redis went back in
+    /// time, and has dropped every room (see resync.lua).
+    Behind,
     /// The room's position now, and the events after ours (event texts).
     Ok(Pos, Vec<String>),
 }
@@ -272,6 +309,7 @@ pub(crate) fn resync(
     room: &str,
     epoch: &str,
     from: Pos,
+    fresh: &str,
 ) -> RedisResult<Resync> {
     let reply: Vec<Value> = RESYNC
         .arg(prefix)
@@ -280,9 +318,12 @@ pub(crate) fn resync(
         .arg(from.seq)
         .arg(from.k)
         .arg(RESYNC_MAX)
+        .arg(fresh)
         .invoke(con)?;
-    if reply.first().and_then(text).as_deref() != Some("ok") {
-        return Ok(Resync::Lost);
+    match reply.first().and_then(text).as_deref() {
+        Some("ok") => {}
+        Some("behind") => return Ok(Resync::Behind),
+        _ => return Ok(Resync::Lost),
     }
     let number = |i: usize| reply.get(i).and_then(text).and_then(|t| t.parse().ok());
     let (Some(seq), Some(k)) = (number(1), number(2)) else {

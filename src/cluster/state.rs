@@ -217,6 +217,14 @@ impl State {
         Some(membership)
     }
 
+    /// Whether the client is a member of `room`'s incarnation `epoch` here.
+    pub(crate) fn is_member(&self, id: ClientId, room: &str, epoch: &str) -> bool {
+        self.clients
+            .get(&id)
+            .and_then(|c| c.membership.as_ref())
+            .is_some_and(|m| m.room == room && m.epoch == epoch)
+    }
+
     pub(crate) fn in_room(&self, id: ClientId) -> bool {
         self.clients
             .get(&id)
@@ -399,6 +407,17 @@ impl State {
             self.rooms.insert(ev.room.to_owned(), room);
         }
         let Some(room) = self.rooms.get_mut(ev.room) else {
+            // A leave of our client from a room this node does not follow:
+            // its membership here cannot be kept up, so it ends.
+            if let Some(id) = origin.filter(|_| matches!(ev.kind, Kind::Leave | Kind::Gone)) {
+                if self
+                    .clients
+                    .get(&id)
+                    .is_some_and(|c| c.membership.as_ref().is_some_and(|m| m.room == ev.room))
+                {
+                    self.close(id, true, fx);
+                }
+            }
             return Applied::Ignored;
         };
         if !fresh {
@@ -503,7 +522,7 @@ impl State {
                 r.members.retain(|(member, _)| Some(*member) != origin);
                 self.to_room(room, &ServerEvent::UserLeft(presence), None, fanout);
                 if let Some(id) = origin {
-                    self.left(id, ev, fanout);
+                    self.left(id, ev, fanout, fx);
                 }
             }
         }
@@ -540,7 +559,7 @@ impl State {
 
     /// Our client `id` is out of the room: it no longer counts here; a
     /// leaveRoom is answered `left` and its ack.
-    fn left(&mut self, id: ClientId, ev: &Event<'_>, fanout: &mut Fanout) {
+    fn left(&mut self, id: ClientId, ev: &Event<'_>, fanout: &mut Fanout, fx: &mut Effects) {
         let room = self.rooms.get_mut(ev.room).expect("checked by apply");
         room.ours = room.ours.saturating_sub(1);
         if let Some(client) = self.clients.get_mut(&id) {
@@ -549,7 +568,17 @@ impl State {
                 .as_ref()
                 .is_some_and(|m| m.room == ev.room)
             {
+                // A silent leave this node did not ask for: not a switch to
+                // another room, not a slow consumer cut off (closed), not a
+                // disconnect (gone from `clients`). Someone else took the
+                // client out (a reaper that took this node for dead): it
+                // must not stay connected outside its room without knowing.
+                let switching = client.joining.as_deref().is_some_and(|r| r != ev.room);
+                let taken = ev.kind == Kind::Gone && !switching && !client.closed;
                 client.membership = None;
+                if taken {
+                    self.close(id, true, fx);
+                }
             }
         }
         if ev.kind == Kind::Leave {
@@ -570,7 +599,10 @@ impl State {
         fx: &mut Effects,
     ) -> Result<(), Malformed> {
         let room = self.rooms.get_mut(ev.room).expect("checked by apply");
-        if ev.kind == Kind::Join {
+        // A new member counts as ours; so does one rejoining a room this
+        // node has just started to follow (the own copy made it fresh):
+        // Redis counts it, and no earlier event counted it here.
+        if ev.kind == Kind::Join || (ev.own && room.ours == 0) {
             room.ours += 1;
         }
         let epoch = room.epoch.clone();
@@ -839,6 +871,45 @@ mod tests {
             ]
         );
         assert_eq!((got[0].name, got[1].name), ("userLeft", "userJoined"));
+    }
+
+    #[test]
+    fn a_silent_leave_nobody_here_asked_for_closes_our_member_but_a_switch_does_not() {
+        let (mut s, rx) = setup(2);
+        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("ann")));
+        apply(&mut s, &ev("J", "e", 0, 2, "a-2", 1, &pres("cy")));
+        names(&rx[0]);
+        // a-1 switches rooms: its old room hears it leave first
+        s.begin(ClientId(1), Some("elsewhere")).unwrap();
+        let (_, fx) = apply(&mut s, &ev("s", "e", 0, 3, "a-1", 0, &pres("ann")));
+        assert!(fx.closes.is_empty(), "a switch is not a loss");
+        s.end(ClientId(1));
+        // a reaper takes a-2 out: it is told, with 1012
+        let (_, fx) = apply(&mut s, &ev("s", "e", 0, 4, "a-2", 0, &pres("cy")));
+        assert_eq!(fx.closes.len(), 1);
+        assert!(!s.in_room(ClientId(2)));
+        assert_eq!(s.disconnect(ClientId(2)), None, "nothing left to leave");
+    }
+
+    #[test]
+    fn an_own_rejoin_of_a_room_not_followed_here_follows_it() {
+        let (mut s, rx) = setup(1);
+        let rejoin = "N\nr\ne\n0\n5\na-1\n1\n1\n\"ann\"\n\na-1\t\"ann\"\n";
+        apply(&mut s, rejoin);
+        assert_eq!(names(&rx[0]), ["joined", "ack"]);
+        assert_eq!(s.room_count(), 1, "the room is followed");
+        let (a, _) = apply(&mut s, &ev("t", "e", 0, 6, "b-1", 0, "\"bo\"\ntrue"));
+        assert_eq!((a, names(&rx[0])), (Applied::Done, vec!["typing"]));
+    }
+
+    #[test]
+    fn a_leave_of_our_member_from_a_room_not_followed_ends_its_membership() {
+        let (mut s, _rx) = setup(1);
+        apply(&mut s, &ev("J", "e", 0, 1, "a-1", 1, &pres("ann")));
+        s.rooms.clear();
+        let (a, fx) = apply(&mut s, &ev("s", "e", 0, 2, "a-1", 0, &pres("ann")));
+        assert_eq!((a, fx.closes.len()), (Applied::Ignored, 1));
+        assert!(!s.in_room(ClientId(1)));
     }
 
     #[test]

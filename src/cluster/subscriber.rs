@@ -148,13 +148,9 @@ fn repair(node: &Node, cmd: &mut Kept, room: &str, live: Option<&Event<'_>>) -> 
     let Some((epoch, from)) = node.lock().position(room) else {
         return Ok(());
     };
-    let reply = scripts::resync(
-        cmd.get(node.link.target())?,
-        &node.prefix,
-        room,
-        &epoch,
-        from,
-    )?;
+    let fresh = super::random_tag(10);
+    let con = cmd.get(node.link.target())?;
+    let reply = scripts::resync(con, &node.prefix, room, &epoch, from, &fresh)?;
     let mut fx = Effects::default();
     let mut state = node.lock();
     match reply {
@@ -162,7 +158,14 @@ fn repair(node: &Node, cmd: &mut Kept, room: &str, live: Option<&Event<'_>>) -> 
             warn!("room {room:?} lost its state in redis; its members here must rejoin");
             state.lose(room, &mut fx);
         }
-        Resync::Ok(_, texts) => {
+        Resync::Behind => {
+            // Redis dropped every room and changed the generation: the
+            // heartbeat resets this node's rooms too; this one cannot wait.
+            warn!("room {room:?} is behind in redis: it went back in time; every room is reset");
+            state.lose_all(&mut fx);
+            fx.leaves.clear();
+        }
+        Resync::Ok(there, texts) => {
             if !texts.is_empty() {
                 node.metrics.cluster_repair();
             }
@@ -198,6 +201,13 @@ fn repair(node: &Node, cmd: &mut Kept, room: &str, live: Option<&Event<'_>>) -> 
             if texts.is_empty() && live.is_some() {
                 // The event is past what Redis holds: the room was dropped
                 // and made again (its last leave is not logged).
+                state.lose(room, &mut fx);
+            } else if texts.len() < scripts::RESYNC_MAX as usize
+                && state.position(room).is_some_and(|(_, here)| here != there)
+            {
+                // Every entry after our position was read, and still the
+                // room does not stand where Redis says: its log lost events.
+                warn!("room {room:?}: its log in redis does not reach its position; its members here must rejoin");
                 state.lose(room, &mut fx);
             }
         }

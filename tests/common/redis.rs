@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::TestServer;
+use serde_json::Value;
+
+use super::{Client, TestServer};
 
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
@@ -292,5 +294,25 @@ impl Drop for NodeProcess {
             self.signal("-CONT");
         }
         self.kill();
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; fails the test after `limit`.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// Reads frames until a `chatMessage`; returns its data. Other frames are skipped.
+pub fn next_chat(c: &mut Client) -> Value {
+    loop {
+        let frame = c.recv();
+        if frame["event"] == "chatMessage" {
+            return frame["data"].clone();
+        }
     }
 }

@@ -12,7 +12,10 @@
 --   P:node:<node>     HASH  id -> room: the node's members (for reaping)
 --   P:x:rooms         HASH  room -> members in the cluster (/api/rooms)
 --   P:x:nodes         ZSET  node -> heartbeat deadline, ms on Redis's clock
+--   P:x:reaping       SET   dead nodes whose members are being taken out
 --   P:x:gen           STRING the data set's generation (gone: Redis lost its data)
+--   P:x:clock         STRING raised by every heartbeat (lower than seen: Redis
+--                           went back in time)
 -- Channel P:to:<node>: everything node <node> must deliver, in Redis's order.
 --
 -- Rules every script keeps: all checks (reads) before the first write, since
@@ -77,4 +80,22 @@ local function leave_room(r, e, id, node, kind, q, ack, loglen, skip)
     emit(r, m[2], k, ev, nodes, loglen, skip)
   end
   return true
+end
+
+-- Drops every room and every node's member list: Redis went back in time and
+-- no room's state can be trusted (heartbeat.lua). Rooms are found through
+-- P:x:rooms, which lists every room with a member, and nodes through the live
+-- and reaping lists.
+local function forget_rooms()
+  for _, r in ipairs(redis.call('HKEYS', key('x', 'rooms'))) do
+    redis.call('DEL', key('room', r), key('users', r), key('order', r), key('nodesin', r),
+      key('hist', r), key('log', r))
+  end
+  for _, n in ipairs(redis.call('ZRANGE', key('x', 'nodes'), 0, -1)) do
+    redis.call('DEL', key('node', n))
+  end
+  for _, n in ipairs(redis.call('SMEMBERS', key('x', 'reaping'))) do
+    redis.call('DEL', key('node', n))
+  end
+  redis.call('DEL', key('x', 'rooms'), key('x', 'reaping'))
 end
