@@ -494,3 +494,238 @@ fn send_all(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::{Mailbox, Round, Wakes};
+    use crate::metrics::Metrics;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Instant;
+
+    use super::super::Outbox;
+
+    /// A connected pair on loopback: (the server's end, the peer's end),
+    /// with small kernel buffers both ways if `buffer` says so.
+    fn pair(buffer: Option<usize>) -> (Arc<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if let Some(size) = buffer {
+            peer.set_recv_buffer_size(size).unwrap();
+        }
+        peer.connect(&addr.into()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        if let Some(size) = buffer {
+            socket2::SockRef::from(&server)
+                .set_send_buffer_size(size)
+                .unwrap();
+        }
+        let peer: TcpStream = peer.into();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (Arc::new(server), peer)
+    }
+
+    fn outbox(socket: Arc<TcpStream>, pool: &Arc<Pool>) -> Outbox {
+        let metrics = Arc::new(Metrics::default());
+        Outbox::new(Some(socket), Encoding::Native, metrics, Arc::clone(pool))
+    }
+
+    /// A WebSocket text frame (a short one: 2-byte header) as a raw item.
+    fn text(payload: &str) -> Outbound {
+        Outbound::Raw(frame::text(payload.as_bytes()))
+    }
+
+    /// Reads short text frames until `count` arrived; their payloads.
+    fn read_texts(peer: &mut TcpStream, count: usize) -> Vec<String> {
+        let mut texts = Vec::with_capacity(count);
+        let mut head = [0u8; 2];
+        while texts.len() < count {
+            peer.read_exact(&mut head).expect("a frame within 5 s");
+            assert_eq!(head[0], 0x81, "a text frame");
+            let mut payload = vec![0; usize::from(head[1])];
+            peer.read_exact(&mut payload).unwrap();
+            texts.push(String::from_utf8(payload).unwrap());
+        }
+        texts
+    }
+
+    #[test]
+    fn giving_the_role_back_sees_a_push_that_came_meanwhile() {
+        let pool = Arc::new(Pool::new());
+        let (socket, _peer) = pair(None);
+        let outbox = outbox(socket, &pool);
+        let line = &outbox.line;
+        assert!(line.writer.claim());
+        assert!(!line.writer.claim(), "one holder at a time");
+        // A push while the role is held asks for no wake...
+        assert!(!outbox.enqueue_for_wake(text("a")));
+        // ...so the holder, giving the role back, takes it again.
+        assert!(!line.writer.give_back(&line.queue));
+        assert!(!line.writer.claim(), "still held");
+        let mut items = Vec::new();
+        line.queue.take(&mut items);
+        assert_eq!(items.len(), 1);
+        assert!(line.writer.give_back(&line.queue));
+        assert!(line.writer.free());
+    }
+
+    #[test]
+    fn a_wake_writes_everything_queued_and_gives_the_role_back() {
+        let pool = Arc::new(Pool::new());
+        let (socket, mut peer) = pair(None);
+        let outbox = outbox(socket, &pool);
+        assert!(outbox.enqueue_for_wake(text("one")));
+        assert!(outbox.enqueue_for_wake(text("two")), "not claimed yet");
+        outbox.wake(&Round::first());
+        assert_eq!(read_texts(&mut peer, 2), ["one", "two"]);
+        assert_eq!(outbox.line.queue.held(), (0, 0), "written: places back");
+        assert!(outbox.line.writer.free());
+    }
+
+    #[test]
+    fn a_socket_that_would_block_gets_a_blocking_writer_until_the_queue_is_empty() {
+        let pool = Arc::new(Pool::new());
+        let (socket, mut peer) = pair(Some(4096));
+        let outbox = outbox(socket, &pool);
+        let big = "x".repeat(100);
+        // Far more than the kernel's buffers hold for a peer that reads nothing.
+        for i in 0..4000 {
+            outbox.queue(text(&format!("{i:05}{big}")));
+        }
+        let started = Instant::now();
+        outbox.wake(&Round::first());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the waking thread never blocks"
+        );
+        assert_eq!(*outbox.line.writer.lock_blocking(), 1, "a blocking writer");
+        assert!(!outbox.line.writer.free(), "which holds the role");
+        // The peer reads: every frame arrives, in order, and the writer ends.
+        let mut head = [0u8; 2];
+        for i in 0..4000 {
+            peer.read_exact(&mut head).unwrap();
+            assert_eq!(head, [0x81, 105]);
+            let mut payload = [0u8; 105];
+            peer.read_exact(&mut payload).unwrap();
+            assert_eq!(&payload[..5], format!("{i:05}").as_bytes());
+        }
+        outbox.wait_for_writer(Duration::from_secs(5));
+        assert_eq!(*outbox.line.writer.lock_blocking(), 0);
+        assert!(outbox.line.writer.free(), "the role is given back");
+        assert_eq!(outbox.line.queue.held(), (0, 0));
+    }
+
+    #[test]
+    fn nothing_is_written_after_a_close() {
+        let pool = Arc::new(Pool::new());
+        let (socket, mut peer) = pair(None);
+        let outbox = outbox(socket, &pool);
+        outbox.queue(text("last"));
+        outbox.control(Outbound::Close(frame::close(1000, "bye")));
+        outbox.control(text("too late"));
+        assert_eq!(read_texts(&mut peer, 1), ["last"]);
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).unwrap();
+        assert_eq!(&rest[..], &frame::close(1000, "bye")[..], "then our FIN");
+        assert!(!outbox.line.writer.free(), "the role is kept for good");
+    }
+
+    #[test]
+    fn a_slow_consumer_gets_1013_from_whoever_holds_the_role() {
+        let pool = Arc::new(Pool::new());
+        let (socket, mut peer) = pair(None);
+        let outbox = outbox(socket, &pool);
+        for _ in 0..super::super::queue::MAX_QUEUED_FRAMES {
+            outbox.queue(Outbound::Ping);
+        }
+        let event = crate::codec::Outgoing::new("x", &1, None);
+        assert_eq!(outbox.push(&event), Err(crate::delivery::Overflow));
+        outbox.wake(&Round::first());
+        let mut bytes = Vec::new();
+        peer.read_to_end(&mut bytes).unwrap();
+        assert_eq!(&bytes[..], &frame::close(1013, "slow consumer")[..]);
+    }
+
+    /// The hand-off race, many times over: pushers on several threads
+    /// queue numbered frames for every client and wake them (alone, in
+    /// small rounds the pusher writes, and in big rounds spread over the
+    /// pool) while writers give the role back. Every frame must arrive
+    /// exactly once, in each pusher's order, and no two threads may ever
+    /// write one socket at once. A lost wake-up leaves frames unwritten:
+    /// the peer's read times out.
+    #[test]
+    fn the_hand_off_loses_no_frame_and_never_has_two_writers() {
+        const CLIENTS: usize = 20;
+        const PUSHERS: usize = 4;
+        const FRAMES: usize = 1000;
+        let pool = Arc::new(Pool::new());
+        let workers = pool.start(2).unwrap();
+        let (outboxes, peers): (Vec<_>, Vec<_>) = (0..CLIENTS)
+            .map(|_| {
+                let (socket, peer) = pair(None);
+                (Arc::new(outbox(socket, &pool)), peer)
+            })
+            .unzip();
+        // Readers: every frame of every pusher, in that pusher's order.
+        let readers: Vec<_> = peers
+            .into_iter()
+            .map(|mut peer| {
+                thread::spawn(move || {
+                    let mut next = [0usize; PUSHERS];
+                    for text in read_texts(&mut peer, PUSHERS * FRAMES) {
+                        let (p, n) = text.split_once(':').unwrap();
+                        let (p, n): (usize, usize) = (p.parse().unwrap(), n.parse().unwrap());
+                        assert_eq!(n, next[p], "pusher {p}: frame {n} out of order or twice");
+                        next[p] += 1;
+                    }
+                })
+            })
+            .collect();
+        let outboxes = Arc::new(outboxes);
+        let pushers: Vec<_> = (0..PUSHERS)
+            .map(|p| {
+                let outboxes = Arc::clone(&outboxes);
+                thread::spawn(move || {
+                    let mut wakes = Wakes::default();
+                    for n in 0..FRAMES {
+                        let shape = (n + p) % 3;
+                        let clients: Vec<&Arc<Outbox>> = match shape {
+                            // A big round (spread), or a small one of 4 wakes at a time.
+                            0 | 1 => outboxes.iter().collect(),
+                            _ => outboxes.iter().rev().collect(),
+                        };
+                        for (i, outbox) in clients.into_iter().enumerate() {
+                            if outbox.enqueue_for_wake(text(&format!("{p}:{n}"))) {
+                                let mailbox: Arc<dyn Mailbox> = Arc::clone(outbox) as _;
+                                wakes.add(&mailbox);
+                            }
+                            if shape == 1 && i % 4 == 3 {
+                                wakes.wake_all();
+                            }
+                        }
+                        wakes.wake_all();
+                    }
+                })
+            })
+            .collect();
+        for pusher in pushers {
+            pusher.join().unwrap();
+        }
+        for reader in readers {
+            reader.join().expect("every frame once, in order");
+        }
+        for outbox in outboxes.iter() {
+            let line = &outbox.line;
+            assert_eq!(line.writer.overlaps.load(Relaxed), 0, "two writers at once");
+            assert_eq!(line.queue.held(), (0, 0));
+        }
+        pool.stop();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+    }
+}
