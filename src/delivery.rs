@@ -61,7 +61,7 @@ pub trait Mailbox: Send + Sync {
 /// Where a wake stands in one thread's pass over the mailboxes one
 /// operation woke (counts only). A mailbox may write on the waking thread
 /// in a small round, and spread a big one over more threads (the outbox's
-/// pool), which the round's last wake then helps with.
+/// pool).
 #[derive(Clone, Copy, Debug)]
 pub struct Round {
     woken_before: usize,
@@ -85,11 +85,6 @@ impl Round {
     /// How many mailboxes this round wakes in all.
     pub fn size(self) -> usize {
         self.size
-    }
-
-    /// Whether this is the round's last wake.
-    pub fn is_last(self) -> bool {
-        self.woken_before + 1 >= self.size
     }
 }
 

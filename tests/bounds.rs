@@ -1179,7 +1179,8 @@ fn a_polling_client_posting_pings_and_never_polling_is_cut_off() {
 /// packets, then sends a GET on a socket it never reads, then another on
 /// a fresh socket, and so on. What an answer carries counts toward the
 /// client's bound until it is written: the session is cut off as a slow
-/// consumer at the second fill, and the server's memory stays bounded.
+/// consumer at the first fill after an answer that the kernel's buffers
+/// could not take whole, and the server's memory stays bounded.
 /// (Before, every GET moved the queue into an answer that no longer
 /// counted: 120 such GETs, +115 MiB, never cut off.)
 #[test]
@@ -1217,8 +1218,10 @@ fn polling_answers_left_unread_count_toward_the_bound_until_written() {
             growth < RSS_GROWTH_KIB,
             "after {round} unread GETs the server's RSS grew by {growth} KiB"
         );
+        // An answer the kernel's buffers took whole was written: it holds
+        // nothing of ours. The first that did not fit holds its place.
         assert!(
-            round < 3 && started.elapsed() < Duration::from_secs(20),
+            round < 40 && started.elapsed() < Duration::from_secs(20),
             "{} GETs left unread and the session is not cut off",
             round + 1
         );

@@ -9,9 +9,10 @@
 //! ```text
 //!  pushes (under the registry lock) ──► queue ──► writer role (one atomic flag)
 //!                                                  │ claimed by the waking thread, no lock held
-//!          round of < SPREAD_MIN clients ──────────┤──► this thread: one non-blocking writev
-//!          round of ≥ SPREAD_MIN clients ──────────┘──► the server's pool line ──► a worker, or the
-//!                                                         waking thread helping: one non-blocking writev
+//!          round of < SPREAD_MIN wakes ────────────┤──► this thread: one non-blocking writev
+//!          round of ≥ SPREAD_MIN wakes ────────────┘──► the server's pool line ──► a worker (one
+//!                                                         per core): one non-blocking writev
+//!          more came meanwhile ───────────────────────► the back of the pool's line
 //!          a writev that would block ─────────────────► a blocking writer thread for that client,
 //!                                                         until its queue is empty
 //! ```
@@ -20,13 +21,15 @@
 //! lock is held, the waking thread claims the role with one atomic swap;
 //! whoever wins writes. A small round is written by the waking thread
 //! itself; a big one is spread: every client goes to the back of the
-//! server's line ([`Pool`]), whose workers (one fewer than the cores) and
-//! the waking thread (as many clients as its round had) each take the next
-//! client and write it. A pass takes everything queued (up to 512 frames or
-//! 256 KiB) and writes it with one vectored send that never blocks; if more
-//! came meanwhile, the client goes to the back of the line again. Only if
-//! the socket would block does the client get a thread of its own, which
-//! finishes with blocking sends and ends when the queue is empty.
+//! server's line ([`Pool`]), whose workers (one per core) each take the
+//! next client and write it. A pass takes everything queued (up to 512
+//! frames or 256 KiB) and writes it with one vectored send that never
+//! blocks; if more came meanwhile, the client goes to the back of the line
+//! again. So a client that falls behind is not woken per frame: while it
+//! waits in the line its role is held, pushes ask for no wake, and its
+//! next pass writes all that piled up. Only if the socket would block does
+//! the client get a thread of its own, which finishes with blocking sends
+//! and ends when the queue is empty.
 //!
 //! # Invariants
 //!
@@ -41,8 +44,9 @@
 //!   the waking thread or in the pool's line, with no timer anywhere: no
 //!   decision depends on how fast the machine or the peer is, only on
 //!   counts (a round's size) and states (queue empty, socket would block).
-//! - **What bounds the writing threads.** A round is written by at most
-//!   as many threads as there are cores (the waking thread and the pool).
+//! - **What bounds the writing threads.** A round is written by its waking
+//!   thread alone, or by the pool: at most as many threads as there are
+//!   cores.
 //!   A blocking writer exists only for a client whose socket is full, and
 //!   only until its queue is empty; a client that stays behind passes its
 //!   bounds (1 MiB / 4096 frames) and is cut off with Close 1013. An idle
@@ -222,16 +226,12 @@ impl Mailbox for Outbox {
         if line.queue.take_overflow() {
             self.cut_off();
         }
-        let spread = round.size() >= SPREAD_MIN;
         if line.writer.claim() {
-            if !spread {
+            if round.size() < SPREAD_MIN {
                 writer::write(line);
             } else if let Err(line) = line.pool.put(Arc::clone(line)) {
-                writer::write(&line);
+                writer::write(&line); // no worker runs (shutdown)
             }
-        }
-        if spread && round.is_last() {
-            line.pool.help(round.size());
         }
     }
 

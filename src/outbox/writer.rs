@@ -115,9 +115,9 @@ impl Writer {
 
 /// The server's delivery workers: a line of clients whose role is held
 /// and who have something to write, and the threads that write them, one
-/// non-blocking pass each. Sized from the machine's cores: with the waking
-/// thread helping, a round is written by at most as many threads as there
-/// are cores. Owned by the server's state; two servers share nothing.
+/// non-blocking pass each. One worker per core, so a big round is written
+/// by at most as many threads as there are cores. Owned by the server's
+/// state; two servers share nothing.
 pub(crate) struct Pool {
     jobs: Mutex<Jobs>,
     ready: Condvar,
@@ -151,10 +151,9 @@ impl Pool {
         }
     }
 
-    /// Workers for a machine with `cores`: one fewer, as the waking thread
-    /// writes too.
+    /// Workers for a machine with `cores`: one each.
     pub(crate) fn workers_for(cores: usize) -> usize {
-        cores.saturating_sub(1)
+        cores.max(1)
     }
 
     /// Starts `workers` threads; they end after `stop`, once the line is empty.
@@ -196,18 +195,6 @@ impl Pool {
             self.ready.notify_one();
         }
         Ok(())
-    }
-
-    /// The waking thread, at the end of a big round, writes clients from
-    /// the line like a worker: at most `max` (its round's size), so that it
-    /// gets back to its own client in bounded time.
-    pub(super) fn help(&self, max: usize) {
-        for _ in 0..max {
-            let Some(line) = self.lock().line.pop_front() else {
-                return;
-            };
-            write(&line);
-        }
     }
 
     fn run_worker(&self) {
@@ -718,14 +705,17 @@ mod tests {
         for reader in readers {
             reader.join().expect("every frame once, in order");
         }
-        for outbox in outboxes.iter() {
-            let line = &outbox.line;
-            assert_eq!(line.writer.overlaps.load(Relaxed), 0, "two writers at once");
-            assert_eq!(line.queue.held(), (0, 0));
-        }
+        // Every pass is over once the workers (and any blocking writer)
+        // ended: only then are the last places given back.
         pool.stop();
         for worker in workers {
             worker.join().unwrap();
+        }
+        for outbox in outboxes.iter() {
+            outbox.wait_for_writer(Duration::from_secs(5));
+            let line = &outbox.line;
+            assert_eq!(line.writer.overlaps.load(Relaxed), 0, "two writers at once");
+            assert_eq!(line.queue.held(), (0, 0));
         }
     }
 }
