@@ -59,21 +59,32 @@ pub trait Mailbox: Send + Sync {
 }
 
 /// Where a wake stands in one thread's pass over the mailboxes one
-/// operation woke: how many it woke before this one.
-#[derive(Clone, Copy, Debug, Default)]
+/// operation woke (counts only). A mailbox may write on the waking thread
+/// in a small round, and spread a big one over more threads (the outbox's
+/// pool).
+#[derive(Clone, Copy, Debug)]
 pub struct Round {
     woken_before: usize,
+    size: usize,
 }
 
 impl Round {
-    /// A wake on its own, or the first of a round.
+    /// A wake on its own: a round of one.
     pub fn first() -> Round {
-        Round::default()
+        Round {
+            woken_before: 0,
+            size: 1,
+        }
     }
 
     /// How many mailboxes this round woke before this one.
     pub fn woken_before(self) -> usize {
         self.woken_before
+    }
+
+    /// How many mailboxes this round wakes in all.
+    pub fn size(self) -> usize {
+        self.size
     }
 }
 
@@ -96,8 +107,9 @@ impl Wakes {
 
     /// Wakes every mailbox collected so far.
     pub fn wake_all(&mut self) {
+        let size = self.0.len();
         for (woken_before, mailbox) in self.0.drain(..).enumerate() {
-            mailbox.wake(&Round { woken_before });
+            mailbox.wake(&Round { woken_before, size });
         }
     }
 }

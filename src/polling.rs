@@ -6,9 +6,14 @@
 //! - `GET ?EIO=4&transport=polling` opens a session: the open packet, with
 //!   an unguessable `sid`.
 //! - `GET …&sid=` is held until something is queued for the client (at the
-//!   latest the next ping), then answers with everything queued, packets
-//!   joined by `\x1e`. The GET is the client's writer: no thread waits for
-//!   an idle polling client between its requests.
+//!   latest the next ping), then answers with what is queued, at most
+//!   `MAX_PACKETS` packets joined by `\x1e` (the rest wait for the next
+//!   GET). The GET is the client's writer: no thread waits for an idle
+//!   polling client between its requests. What an answer carries counts
+//!   toward the client's bounds until the answer is written, and a GET
+//!   that comes while the previous answer is still being written waits
+//!   for it: a client that never reads its answers fills its bounds like
+//!   any other and is cut off.
 //! - `POST …&sid=` carries packets from the client, decoded and handled by
 //!   the same codec and session as over WebSocket.
 //! - A WebSocket with `sid=` takes the session over (`2probe`, `3probe`,
@@ -24,8 +29,7 @@
 //! cannot be decoded gets an `error` event and the session goes on.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -43,6 +47,9 @@ use crate::shared::Shared;
 const TICK: Duration = Duration::from_millis(250);
 /// Packets in one payload are separated by this byte (Engine.IO 4).
 const SEPARATOR: char = '\u{1e}';
+/// Packets in one answer at most: python-engineio refuses a payload of
+/// more (its `max_decode_packets`), and drops the session.
+const MAX_PACKETS: usize = 16;
 
 /// The long-polling sessions, by `sid`.
 pub(crate) struct Polling {
@@ -55,8 +62,10 @@ struct Poll {
     sid: String,
     outbox: Arc<Outbox>,
     state: Mutex<PollState>,
-    /// A GET is being held: a second one at once is refused.
-    polling: AtomicBool,
+    /// Where the session's GET stands: a second one while one is held is
+    /// refused; one while an answer is being written waits for it.
+    get: Mutex<Get>,
+    get_done: Condvar,
     /// Releases a held GET without queuing anything for the client.
     release: (Sender<Release>, Receiver<Release>),
 }
@@ -68,6 +77,31 @@ enum Release {
     Noop,
     /// `1`: the session is over.
     Close,
+}
+
+/// Where a session's GET stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Get {
+    Idle,
+    /// A GET waits for something to send.
+    Held,
+    /// An answer is being written (what it carries still counts).
+    Writing,
+}
+
+/// A GET's answer being written: the items it carries, which count toward
+/// the client's bounds until it is dropped (the answer sent, or given up).
+struct Answering {
+    poll: Arc<Poll>,
+    items: Vec<Outbound>,
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.poll.outbox.written(&self.items);
+        *self.poll.get() = Get::Idle;
+        self.poll.get_done.notify_all();
+    }
 }
 
 struct PollState {
@@ -120,9 +154,9 @@ impl Polling {
     pub(crate) fn serve(&self, conn: &mut Conn, head: &Head) -> bool {
         let shared = &self.shared;
         let origin = head.header("Origin");
-        let (answer, keep) = match self.answer(conn, head) {
+        let (answer, keep, answering) = match self.answer(conn, head) {
             Ok(answer) => answer,
-            Err(refusal) => (refusal.into_answer(), head.body() == Body::None),
+            Err(refusal) => (refusal.into_answer(), head.body() == Body::None, None),
         };
         let mut answer = answer
             .with_header(header("Cache-Control", "no-store"))
@@ -136,6 +170,7 @@ impl Polling {
         let body_read = head.body() == Body::None || head.method() == "POST";
         let keep = keep && body_read && head.keep_alive() && !shared.stopping();
         let sent = conn.send(answer, head.version(), false, shared.answer_deadline());
+        drop(answering);
         if sent.is_err() || !keep {
             conn.close();
             return false;
@@ -144,8 +179,13 @@ impl Polling {
     }
 
     /// Checks a request as engine.io does (origin, sid, method, version)
-    /// and answers it; the bool says whether the connection may go on.
-    fn answer(&self, conn: &mut Conn, head: &Head) -> Result<(Answer, bool), Refusal> {
+    /// and answers it; the bool says whether the connection may go on. A
+    /// GET's answer comes with what it carries, held until it is written.
+    fn answer(
+        &self,
+        conn: &mut Conn,
+        head: &Head,
+    ) -> Result<(Answer, bool, Option<Answering>), Refusal> {
         if let Some(origin) = head.header("Origin") {
             if !self.shared.handshake_origins.allows(origin) {
                 return Err(Refusal::engine_io(4, "Forbidden"));
@@ -158,7 +198,7 @@ impl Polling {
             if head.param("EIO") != Some("4") {
                 return Err(Refusal::engine_io(5, "Unsupported protocol version"));
             }
-            return Ok((self.open(), true));
+            return Ok((self.open(), true, None));
         };
         let poll = self
             .find(sid)
@@ -168,8 +208,14 @@ impl Polling {
             return Err(Refusal::engine_io(3, "Bad request"));
         }
         match head.method() {
-            "GET" => Ok((self.poll(&poll), true)),
-            "POST" => Ok(self.post(conn, head, &poll)),
+            "GET" => {
+                let (answer, answering) = self.poll(&poll);
+                Ok((answer, true, answering))
+            }
+            "POST" => {
+                let (answer, keep) = self.post(conn, head, &poll);
+                Ok((answer, keep, None))
+            }
             _ => Err(Refusal::engine_io(2, "Bad handshake method")),
         }
     }
@@ -207,7 +253,8 @@ impl Polling {
                 upgrading: false,
                 upgraded: false,
             }),
-            polling: AtomicBool::new(false),
+            get: Mutex::new(Get::Idle),
+            get_done: Condvar::new(),
             release: crossbeam_channel::bounded(1),
         });
         self.sessions().insert(sid, poll);
@@ -215,28 +262,38 @@ impl Polling {
     }
 
     /// A held GET: waits for what is queued (the next ping at the latest)
-    /// and answers with all of it.
-    fn poll(&self, poll: &Poll) -> Answer {
+    /// and answers with it, `MAX_PACKETS` at most.
+    fn poll(&self, poll: &Arc<Poll>) -> (Answer, Option<Answering>) {
         if poll.state().upgrading {
-            return packets(b"6".to_vec());
+            return (packets(b"6".to_vec()), None);
         }
-        if poll.polling.swap(true, Ordering::SeqCst) {
+        if !self.begin_get(poll) {
             // Two GETs at once: engine.io ends such a session, so as to
             // keep one order. The held one gets the close packet.
             self.end(poll, "overlapping polls", Release::Close);
-            return answer(400, "text/plain; charset=utf-8", Vec::new());
+            return (answer(400, "text/plain; charset=utf-8", Vec::new()), None);
         }
         let (_, release) = &poll.release;
         while release.try_recv().is_ok() {} // meant for an earlier GET
         let wait = self.shared.config.ping_interval + TICK * 4;
         let mut payload = Vec::new();
-        match poll.outbox.take_or(release, wait) {
+        let mut items = Vec::new();
+        // The session may have ended while this GET waited its turn.
+        let ended = poll.state().client.is_none();
+        let taken = if ended {
+            Taken::Other(Release::Close)
+        } else {
+            poll.outbox.take_or(release, wait)
+        };
+        match taken {
             Taken::Item(first) => {
                 let mut item = Some(first);
+                let mut count = 0;
                 while let Some(next) = item {
                     let closing = matches!(next, Outbound::Close(_));
-                    append(&mut payload, &next);
-                    item = if closing {
+                    count += usize::from(append(&mut payload, &next));
+                    items.push(next);
+                    item = if closing || count == MAX_PACKETS {
                         None
                     } else {
                         poll.outbox.try_take()
@@ -246,8 +303,36 @@ impl Polling {
             Taken::Other(Release::Close) => payload.push(b'1'),
             Taken::Other(Release::Noop) | Taken::Nothing => payload.push(b'6'),
         }
-        poll.polling.store(false, Ordering::SeqCst);
-        packets(payload)
+        *poll.get() = Get::Writing;
+        let answering = Answering {
+            poll: Arc::clone(poll),
+            items,
+        };
+        (packets(payload), Some(answering))
+    }
+
+    /// Marks a GET held. One that comes while the previous answer is still
+    /// being written waits for it (until that write's deadline, at most);
+    /// false if another GET is held, or the write is not over by then.
+    fn begin_get(&self, poll: &Poll) -> bool {
+        let deadline = self.shared.answer_deadline();
+        let mut get = poll.get();
+        while *get == Get::Writing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            get = poll
+                .get_done
+                .wait_timeout(get, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if *get == Get::Held {
+            return false;
+        }
+        *get = Get::Held;
+        true
     }
 
     /// A POST: the client's packets, decoded and handled in order. A body
@@ -457,10 +542,15 @@ impl Poll {
     fn state(&self) -> MutexGuard<'_, PollState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn get(&self) -> MutexGuard<'_, Get> {
+        self.get.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-/// Appends one queued item to a payload, as its Engine.IO packet.
-fn append(payload: &mut Vec<u8>, item: &Outbound) {
+/// Appends one queued item to a payload, as its Engine.IO packet; false
+/// if it is none.
+fn append(payload: &mut Vec<u8>, item: &Outbound) -> bool {
     let packet: &[u8] = match item {
         Outbound::Event(event) => frame::payload(event.frame(Encoding::EngineIo)),
         Outbound::Packet(text) => text.as_bytes(),
@@ -468,12 +558,13 @@ fn append(payload: &mut Vec<u8>, item: &Outbound) {
         Outbound::Close(_) => b"1",
         // WebSocket frames of the reader's own (Pong, Close replies): none
         // while a client polls.
-        Outbound::Raw(_) => return,
+        Outbound::Raw(_) => return false,
     };
     if !payload.is_empty() {
         payload.push(SEPARATOR as u8);
     }
     payload.extend_from_slice(packet);
+    true
 }
 
 /// A payload answer, as engine.io sends it.

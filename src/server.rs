@@ -16,6 +16,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, Origins};
 use crate::http::{self, Assets, Desk};
 use crate::metrics::Metrics;
+use crate::outbox::Pool;
 use crate::polling::Polling;
 use crate::shared::{Capacity, Shared};
 
@@ -133,7 +134,12 @@ impl Server {
             polling: Arc::clone(&polling),
         });
         let f = Arc::clone(&front);
-        let threads = vec![
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let mut threads = shared
+            .pool
+            .start(Pool::workers_for(cores))
+            .map_err(StartError::Spawn)?;
+        threads.extend([
             spawn("http", move || http::run(jobs, site))?,
             spawn("polling", move || polling.run_timer())?,
             spawn("http-accept", move || {
@@ -142,7 +148,7 @@ impl Server {
             spawn("ws-accept", move || {
                 accept::run(ws_listener, Port::WebSocket, front)
             })?,
-        ];
+        ]);
         info!("http on {http_addr}, websocket on {ws_addr}");
         Ok(Server {
             http_addr,

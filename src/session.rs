@@ -201,7 +201,8 @@ impl Client {
     ) -> Option<Client> {
         let id = shared.next_client_id();
         let metrics = Arc::clone(&shared.metrics);
-        let outbox = Arc::new(Outbox::new(socket, encoding, metrics));
+        let pool = Arc::clone(&shared.pool);
+        let outbox = Arc::new(Outbox::new(socket, encoding, metrics, pool));
         let registration = Registration::register(id, outbox.clone(), shared)?;
         info!("client {id} connected ({encoding:?})");
         Some(Client {

@@ -14,6 +14,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, Origins};
 use crate::delivery::{ClientId, Closing, Mailbox, Refused, Roster, Wakes};
 use crate::metrics::Metrics;
+use crate::outbox::Pool;
 use crate::rooms::Registry;
 
 pub(crate) struct Shared {
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) ws_config: WebSocketConfig,
     /// Every socket accepted on either port and not yet closed.
     pub(crate) sockets: Arc<Sockets>,
+    /// The delivery workers that help write big rounds (see `outbox`).
+    pub(crate) pool: Arc<Pool>,
     /// Places taken under `--max-connections` (see `Admission`).
     admitted: Arc<AtomicUsize>,
     next_id: AtomicU64,
@@ -72,6 +75,7 @@ impl Shared {
             handshake_origins,
             ws_config,
             sockets: Arc::new(Sockets::new(capacity.sockets)),
+            pool: Arc::new(Pool::new()),
             admitted: Arc::default(),
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
@@ -90,6 +94,7 @@ impl Shared {
     /// Marks the server as stopping; true for the first caller only.
     pub(crate) fn stop(&self) -> bool {
         let first = !self.stopping.swap(true, Ordering::SeqCst);
+        self.pool.stop();
         let (stopped, wake) = &self.stopped;
         *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
         wake.notify_all();

@@ -1175,6 +1175,64 @@ fn a_polling_client_posting_pings_and_never_polling_is_cut_off() {
     assert_eq!(server.metric(CONNECTIONS), 0);
 }
 
+/// Issue 21: a polling client fills its queue with `3` answers to big `2`
+/// packets, then sends a GET on a socket it never reads, then another on
+/// a fresh socket, and so on. What an answer carries counts toward the
+/// client's bound until it is written: the session is cut off as a slow
+/// consumer at the first fill after an answer that the kernel's buffers
+/// could not take whole, and the server's memory stays bounded.
+/// (Before, every GET moved the queue into an answer that no longer
+/// counted: 120 such GETs, +115 MiB, never cut off.)
+#[test]
+fn polling_answers_left_unread_count_toward_the_bound_until_written() {
+    let p = Process::with(&["--idle-timeout", "5"]);
+    let addr = p.http_addr();
+    let base_rss = p.rss_kib();
+    let sid = open_polling_session(addr);
+    assert_eq!(polling_post(addr, &sid, b"40").status, 200);
+    assert_eq!(polling_get(addr, &sid).status, 200, "40 and connected");
+    let mut ping = b"2".to_vec();
+    ping.extend_from_slice(&[b'x'; 60_000]);
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let mut unread = Vec::new();
+    let started = Instant::now();
+    'fill: for round in 0..120 {
+        // 16 answers of 60 KB: just under the bound of 1 MiB.
+        for _ in 0..16 {
+            let answer = polling_post(addr, &sid, &ping);
+            if answer.status == 400 {
+                break 'fill; // the session is gone
+            }
+            assert_eq!(answer.status, 200, "{answer:?}");
+            if p.metric(SLOW) > 0 {
+                break 'fill;
+            }
+        }
+        // A GET whose answer is never read, on a socket with a tiny window.
+        let mut s = connect_small(addr);
+        s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        unread.push(s);
+        let growth = p.rss_kib().saturating_sub(base_rss);
+        assert!(
+            growth < RSS_GROWTH_KIB,
+            "after {round} unread GETs the server's RSS grew by {growth} KiB"
+        );
+        // An answer the kernel's buffers took whole was written: it holds
+        // nothing of ours. The first that did not fit holds its place.
+        assert!(
+            round < 40 && started.elapsed() < Duration::from_secs(20),
+            "{} GETs left unread and the session is not cut off",
+            round + 1
+        );
+    }
+    assert_eq!(settles(WAIT, 0, || p.metric(CONNECTIONS)), 0);
+    assert_eq!(p.metric(SLOW), 1);
+    let growth = p.rss_kib().saturating_sub(base_rss);
+    assert!(growth < RSS_GROWTH_KIB, "RSS grew by {growth} KiB");
+    drop(unread);
+}
+
 #[test]
 fn polling_post_bodies_trickled_expected_or_too_big_are_bounded() {
     let server = TestServer::with(|c| c.handshake_timeout = Duration::from_secs(1));

@@ -243,6 +243,23 @@ fn an_allowed_origin_gets_credentials_and_a_preflight_allows_post() {
     assert_eq!(elsewhere.status, 405);
 }
 
+/// python-engineio refuses a payload of more than 16 packets (and drops
+/// its session): an answer carries 16 at most, the rest wait for the next GET.
+#[test]
+fn an_answer_carries_sixteen_packets_at_most_and_the_rest_wait() {
+    let server = TestServer::start();
+    let polling = Polling::connected(&server);
+    let pings: Vec<String> = (0..20).map(|i| format!("2ping{i}")).collect();
+    assert_eq!(polling.post(&pings.join("\u{1e}")).body, "ok");
+    let first = polling.packets();
+    assert_eq!(first.len(), 16, "{first:?}");
+    let second = polling.packets();
+    assert_eq!(second.len(), 4, "{second:?}");
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    let want: Vec<String> = (0..20).map(|i| format!("3ping{i}")).collect();
+    assert_eq!(all, want, "every answer once, in order");
+}
+
 #[test]
 fn two_gets_at_once_end_the_session() {
     let server = TestServer::start();
