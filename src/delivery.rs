@@ -3,7 +3,7 @@
 //! a [`Fanout`] that pushes one event to many mailboxes and collects what is
 //! left to do once the engine's lock is released), the [`Roster`] of every
 //! connected client that shutdown closes, what a request can be refused
-//! with, and the clock events are stamped with. No engine state here:
+//! with, the clock events are stamped with, and random tags (room epochs). No engine state here:
 //! `rooms` and `cluster` build on it.
 
 use std::collections::HashMap;
@@ -245,6 +245,32 @@ pub(crate) fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `len` random characters from `[0-9a-z]`: room epochs (both engines),
+/// and a cluster's node tags (10: 51 bits, so 10,000 node starts collide
+/// with probability ~2e-8) and generations.
+pub(crate) fn random_tag(len: usize) -> String {
+    const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut bytes = vec![0u8; len];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source: the clock's nanoseconds, mixed, are still
+        // unlikely to repeat between two nodes.
+        let mut x = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()) << 32;
+        for b in &mut bytes {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
 }
 
 /// A mailbox that only records what is pushed into it: an engine's view

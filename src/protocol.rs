@@ -18,6 +18,9 @@ pub const MAX_TEXT_CHARS: usize = 2000;
 /// Largest `ack` a client may choose: 2^53 - 1, the last integer a
 /// JavaScript number holds exactly.
 pub const MAX_ACK: u64 = (1 << 53) - 1;
+/// Longest room epoch, in characters: the server's epochs are shorter, and
+/// a longer one a client sends back cannot be one of them.
+pub const MAX_EPOCH_CHARS: usize = 32;
 
 /// A client frame whose envelope is sound: `event` is a string and `ack`,
 /// if present, is valid. `data` is still JSON text, checked later by
@@ -74,6 +77,9 @@ pub enum ClientEvent<'a> {
     JoinRoom {
         username: Cow<'a, str>,
         room: Cow<'a, str>,
+        /// `since` and `epoch`: where the client left the room, if it is
+        /// coming back to it.
+        resume: Option<Resume<'a>>,
     },
     ChatMessage {
         text: Cow<'a, str>,
@@ -90,10 +96,16 @@ impl<'a> ClientEvent<'a> {
     pub fn parse(name: EventName, data: Option<&'a RawValue>) -> Result<Self, Rejection> {
         match name {
             EventName::JoinRoom => {
-                let [username, room] = fields(data, ["username", "room"])?;
+                let [username, room, since, epoch] =
+                    fields(data, ["username", "room", "since", "epoch"])?;
                 let username = name_field(username, "username", MAX_USERNAME_CHARS)?;
                 let room = name_field(room, "room", MAX_ROOM_CHARS)?;
-                Ok(ClientEvent::JoinRoom { username, room })
+                let resume = Resume::parse(since, epoch)?;
+                Ok(ClientEvent::JoinRoom {
+                    username,
+                    room,
+                    resume,
+                })
             }
             EventName::ChatMessage => {
                 let [text] = fields(data, ["text"])?;
@@ -119,9 +131,17 @@ impl<'a> ClientEvent<'a> {
     pub fn into_owned(self) -> ClientEvent<'static> {
         let own = |s: Cow<'_, str>| Cow::Owned(s.into_owned());
         match self {
-            ClientEvent::JoinRoom { username, room } => ClientEvent::JoinRoom {
+            ClientEvent::JoinRoom {
+                username,
+                room,
+                resume,
+            } => ClientEvent::JoinRoom {
                 username: own(username),
                 room: own(room),
+                resume: resume.map(|r| Resume {
+                    since: r.since,
+                    epoch: own(r.epoch),
+                }),
             },
             ClientEvent::ChatMessage { text } => ClientEvent::ChatMessage { text: own(text) },
             ClientEvent::Typing { typing } => ClientEvent::Typing { typing },
@@ -138,6 +158,50 @@ impl<'a> ClientEvent<'a> {
         let raw =
             data.map(|d| serde_json::value::to_raw_value(d).expect("a JSON value serializes"));
         ClientEvent::parse(name, raw.as_deref()).map(ClientEvent::into_owned)
+    }
+}
+
+/// A `joinRoom`'s `since` and `epoch`: the last `seq` the client saw in
+/// the room, and the room's epoch then. They come together or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume<'a> {
+    pub since: u64,
+    pub epoch: Cow<'a, str>,
+}
+
+impl<'a> Resume<'a> {
+    /// `since` a whole number from 0 to 2^53-1 (as an `ack`), `epoch` a
+    /// string of at most [`MAX_EPOCH_CHARS`]; each checked for its type
+    /// first, then that the other is there.
+    fn parse(
+        since: Option<&'a RawValue>,
+        epoch: Option<&'a RawValue>,
+    ) -> Result<Option<Resume<'a>>, Rejection> {
+        let since = since
+            .map(|raw| {
+                parse_ack(raw).ok_or_else(|| {
+                    Rejection::invalid("since", "since must be a whole number from 0 to 2^53-1")
+                })
+            })
+            .transpose()?;
+        let epoch = epoch
+            .map(|raw| match string(raw) {
+                Some(e) if e.chars().count() <= MAX_EPOCH_CHARS => Ok(e),
+                _ => Err(Rejection::invalid(
+                    "epoch",
+                    format!("epoch must be a string of at most {MAX_EPOCH_CHARS} characters"),
+                )),
+            })
+            .transpose()?;
+        match (since, epoch) {
+            (None, None) => Ok(None),
+            (Some(since), Some(epoch)) => Ok(Some(Resume { since, epoch })),
+            (Some(_), None) => Err(Rejection::invalid(
+                "epoch",
+                "since needs the epoch it was seen in",
+            )),
+            (None, Some(_)) => Err(Rejection::invalid("since", "epoch needs a since")),
+        }
     }
 }
 
@@ -525,7 +589,37 @@ pub(crate) struct JoinedData<'a> {
     pub(crate) username: &'a str,
     pub(crate) id: Id<'a>,
     pub(crate) users: Vec<UserInfo<'a>>,
+    /// After a `since`: only the messages after it (if `resumed`).
     pub(crate) history: Vec<&'a serde_json::value::RawValue>,
+    /// The room's incarnation: a room dropped and created again has another.
+    pub(crate) epoch: &'a str,
+    /// Only for a join with `since`: whether `history` is every message
+    /// after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) resumed: Option<bool>,
+}
+
+/// Which of a room's `history_len` last messages, the last of which has
+/// `last_seq`, a join with `resume` gets: (how many of the newest, and
+/// whether that is a resume). The in-memory engine's rule; the cluster's
+/// `join.lua` keeps the same one inside Redis. Without a resume, or when it cannot be one (another epoch, a `since`
+/// beyond the last `seq`, or messages after `since` no longer kept): the
+/// whole history.
+pub(crate) fn resumed_history(
+    resume: Option<(u64, &str)>,
+    epoch: &str,
+    last_seq: u64,
+    history_len: usize,
+) -> (usize, Option<bool>) {
+    let Some((since, their_epoch)) = resume else {
+        return (history_len, None);
+    };
+    let kept = history_len as u64;
+    if their_epoch == epoch && since <= last_seq && last_seq - since <= kept {
+        ((last_seq - since) as usize, Some(true))
+    } else {
+        (history_len, Some(false))
+    }
 }
 
 /// `ack` data: `{"ok": true}`, with the `seq` of a chat message or the
@@ -668,7 +762,8 @@ mod tests {
             join("  ann\t", " lobby ").unwrap(),
             ClientEvent::JoinRoom {
                 username: "ann".into(),
-                room: "lobby".into()
+                room: "lobby".into(),
+                resume: None,
             }
         );
         assert!(join(&"é".repeat(32), "r").is_ok());
@@ -686,6 +781,71 @@ mod tests {
             "U+0085 is white space"
         );
         assert_eq!(join("a", "x\u{9f}y").unwrap_err().field, Some("room"));
+    }
+
+    #[test]
+    fn since_and_epoch_come_together_with_their_types() {
+        let resume = |extra: Value| {
+            let mut data = json!({"username": "a", "room": "r"});
+            data.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            match parse_event("joinRoom", Some(&data)) {
+                Ok(ClientEvent::JoinRoom { resume, .. }) => Ok(resume),
+                Ok(other) => panic!("{other:?}"),
+                Err(r) => Err(r.field),
+            }
+        };
+        assert_eq!(resume(json!({})), Ok(None));
+        let ok = |since, epoch: &str| {
+            Ok(Some(Resume {
+                since,
+                epoch: Cow::Owned(epoch.to_owned()),
+            }))
+        };
+        assert_eq!(resume(json!({"since": 0, "epoch": "e"})), ok(0, "e"));
+        assert_eq!(resume(json!({"since": 7.0, "epoch": ""})), ok(7, ""));
+        let long = "x".repeat(MAX_EPOCH_CHARS);
+        assert_eq!(
+            resume(json!({"since": MAX_ACK, "epoch": long})),
+            ok(MAX_ACK, &long)
+        );
+        for (extra, field) in [
+            (json!({"since": 3}), "epoch"),
+            (json!({"epoch": "e"}), "since"),
+            (json!({"since": -1, "epoch": "e"}), "since"),
+            (json!({"since": 1.5, "epoch": "e"}), "since"),
+            (json!({"since": "3", "epoch": "e"}), "since"),
+            (json!({"since": null, "epoch": "e"}), "since"),
+            (json!({"since": MAX_ACK + 1, "epoch": "e"}), "since"),
+            (json!({"since": "x"}), "since"),
+            (json!({"since": 3, "epoch": 5}), "epoch"),
+            (json!({"since": 3, "epoch": null}), "epoch"),
+            (json!({"since": 3, "epoch": "é".repeat(33)}), "epoch"),
+        ] {
+            assert_eq!(resume(extra.clone()), Err(Some(field)), "{extra}");
+        }
+        let bad_name = json!({"username": 1, "room": "r", "since": "x"});
+        assert_eq!(
+            parse_event("joinRoom", Some(&bad_name)).unwrap_err().field,
+            Some("username"),
+            "the fields are checked in the order of the table"
+        );
+    }
+
+    #[test]
+    fn a_resume_is_every_message_after_since_or_says_it_is_not() {
+        let rule = |since, epoch| resumed_history(Some((since, epoch)), "e", 10, 4);
+        assert_eq!(resumed_history(None, "e", 10, 4), (4, None));
+        assert_eq!(rule(10, "e"), (0, Some(true)), "missed nothing");
+        assert_eq!(rule(8, "e"), (2, Some(true)));
+        assert_eq!(rule(6, "e"), (4, Some(true)), "exactly at the edge");
+        assert_eq!(rule(5, "e"), (4, Some(false)), "seq 6 is gone");
+        assert_eq!(rule(11, "e"), (4, Some(false)), "beyond the last seq");
+        assert_eq!(rule(8, "f"), (4, Some(false)), "another epoch");
+        assert_eq!(resumed_history(Some((3, "e")), "e", 3, 0), (0, Some(true)));
+        assert_eq!(resumed_history(Some((2, "e")), "e", 3, 0), (0, Some(false)));
+        assert_eq!(resumed_history(Some((0, "e")), "e", 0, 0), (0, Some(true)));
     }
 
     #[test]

@@ -13,12 +13,16 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::codec::Outgoing;
-use crate::delivery::{unix_millis, ClientId, Fanout, Mailbox, Refused, Wakes};
+use crate::delivery::{random_tag, unix_millis, ClientId, Fanout, Mailbox, Refused, Wakes};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    AckData, ChatMessageData, Id, JoinedData, LeftData, PresenceData, ServerEvent, TypingData,
-    UserInfo,
+    resumed_history, AckData, ChatMessageData, Id, JoinedData, LeftData, PresenceData, ServerEvent,
+    TypingData, UserInfo,
 };
+
+/// Characters of a room's epoch: 16 of `[0-9a-z]`, 82 bits, so two
+/// creations of one room name do not draw the same one.
+const EPOCH_CHARS: usize = 16;
 
 /// The request needs a room and the client is in none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +53,15 @@ struct Registered {
     room: Option<String>,
 }
 
-#[derive(Default)]
 struct Room {
+    /// This creation of the room: drawn when it is created, so a client
+    /// coming back can tell it from an earlier room of the same name.
+    epoch: Arc<str>,
     /// In join order.
     members: Vec<Member>,
     last_seq: u64,
-    /// The last `history_limit` chat messages, oldest first.
+    /// The last `history_limit` chat messages, oldest first: those numbered
+    /// `last_seq - history.len() + 1 ..= last_seq`.
     history: VecDeque<Arc<Outgoing>>,
 }
 
@@ -83,6 +90,15 @@ impl Delivery<'_> {
 }
 
 impl Room {
+    fn new() -> Room {
+        Room {
+            epoch: random_tag(EPOCH_CHARS).into(),
+            members: Vec::new(),
+            last_seq: 0,
+            history: VecDeque::new(),
+        }
+    }
+
     fn member_mut(&mut self, id: ClientId) -> &mut Member {
         self.members
             .iter_mut()
@@ -103,17 +119,28 @@ impl Room {
         d.fanout.push_all(members, event, except);
     }
 
-    /// The `joined` answer for `id`: everyone here, and the history. Only
-    /// a snapshot is taken under the lock (names and messages are shared,
-    /// not copied); the JSON, which grows with the room, is written later
-    /// by the joiner's writer.
-    fn joined(&self, name: &str, id: ClientId, username: &str) -> Arc<Outgoing> {
+    /// The `joined` answer for `id`: everyone here, and the history (with
+    /// `resume`, what came after `since`, if the room still has it all).
+    /// Only a snapshot is taken under the lock (names and messages are
+    /// shared, not copied); the JSON, which grows with the room, is written
+    /// later by the joiner's writer.
+    fn joined(
+        &self,
+        name: &str,
+        id: ClientId,
+        username: &str,
+        resume: Option<(u64, &str)>,
+    ) -> Arc<Outgoing> {
         let users: Vec<(ClientId, Arc<str>)> = self
             .members
             .iter()
             .map(|m| (m.id, Arc::clone(&m.username)))
             .collect();
-        let history: Vec<Arc<Outgoing>> = self.history.iter().cloned().collect();
+        let (newest, resumed) =
+            resumed_history(resume, &self.epoch, self.last_seq, self.history.len());
+        let skip = self.history.len() - newest;
+        let history: Vec<Arc<Outgoing>> = self.history.iter().skip(skip).cloned().collect();
+        let epoch = Arc::clone(&self.epoch);
         let weight = users.iter().map(|(_, u)| u.len() + 32).sum::<usize>()
             + history.iter().map(|m| m.weight()).sum::<usize>();
         let (room, username) = (name.to_owned(), username.to_owned());
@@ -130,6 +157,8 @@ impl Room {
                     })
                     .collect(),
                 history: history.iter().map(|m| m.raw()).collect(),
+                epoch: &epoch,
+                resumed,
             };
             ServerEvent::Joined(data).data()
         })
@@ -186,12 +215,14 @@ impl Registry {
     }
 
     /// `joinRoom`: leaves the current room (unless it is `room`), joins `room`
-    /// as `username`, answers `joined` and, with an ack, `ack`.
+    /// as `username`, answers `joined` and, with an ack, `ack`. `resume`:
+    /// the `since` and `epoch` the client came back with.
     pub fn join(
         &self,
         id: ClientId,
         username: &str,
         room: &str,
+        resume: Option<(u64, &str)>,
         ack: Option<u64>,
         wakes: &mut Wakes,
     ) {
@@ -204,7 +235,7 @@ impl Registry {
             // its connect and disconnect); still deliver what leaving queued.
             return self.finish(inner, d);
         }
-        let joined = inner.rooms[room].joined(room, id, username);
+        let joined = inner.rooms[room].joined(room, id, username, resume);
         inner.send_to(id, &joined, &mut d);
         let data = AckData {
             room: Some(room),
@@ -403,7 +434,7 @@ impl Inner {
         };
         client.room = Some(room.to_owned());
         let mailbox = Arc::clone(&client.mailbox);
-        let r = self.rooms.entry(room.to_owned()).or_default();
+        let r = self.rooms.entry(room.to_owned()).or_insert_with(Room::new);
         r.send_all(
             &presence(ServerEvent::UserJoined, room, &id, username),
             None,
@@ -471,13 +502,13 @@ mod tests {
     #[test]
     fn join_switch_leave_keep_the_invariants() {
         let (registry, rx) = setup(3);
-        registry.join(ClientId(0), "a", "x", None, &mut Wakes::default());
-        registry.join(ClientId(1), "b", "x", Some(1), &mut Wakes::default());
-        registry.join(ClientId(2), "c", "y", None, &mut Wakes::default());
+        registry.join(ClientId(0), "a", "x", None, None, &mut Wakes::default());
+        registry.join(ClientId(1), "b", "x", None, Some(1), &mut Wakes::default());
+        registry.join(ClientId(2), "c", "y", None, None, &mut Wakes::default());
         registry.check_invariants();
         assert_eq!(events(&rx[1]), ["joined", "ack"]);
         assert_eq!(events(&rx[0]), ["joined", "userJoined"]);
-        registry.join(ClientId(1), "b", "y", None, &mut Wakes::default());
+        registry.join(ClientId(1), "b", "y", None, None, &mut Wakes::default());
         registry.check_invariants();
         assert_eq!(events(&rx[0]), ["userLeft"]);
         assert_eq!(
@@ -499,10 +530,10 @@ mod tests {
     #[test]
     fn a_rename_in_place_is_told_as_left_then_joined() {
         let (registry, rx) = setup(2);
-        registry.join(ClientId(0), "a", "x", None, &mut Wakes::default());
-        registry.join(ClientId(1), "b", "x", None, &mut Wakes::default());
-        registry.join(ClientId(1), "b", "x", Some(5), &mut Wakes::default());
-        registry.join(ClientId(1), "bee", "x", None, &mut Wakes::default());
+        registry.join(ClientId(0), "a", "x", None, None, &mut Wakes::default());
+        registry.join(ClientId(1), "b", "x", None, None, &mut Wakes::default());
+        registry.join(ClientId(1), "b", "x", None, Some(5), &mut Wakes::default());
+        registry.join(ClientId(1), "bee", "x", None, None, &mut Wakes::default());
         assert_eq!(
             events(&rx[0]),
             ["joined", "userJoined", "userLeft", "userJoined"]
@@ -518,7 +549,7 @@ mod tests {
             registry.chat(ClientId(0), "hi", None, &mut Wakes::default()),
             Err(NotInRoom)
         );
-        registry.join(ClientId(0), "a", "x", None, &mut Wakes::default());
+        registry.join(ClientId(0), "a", "x", None, None, &mut Wakes::default());
         let seqs: Vec<_> = (0..4)
             .map(|_| {
                 registry
@@ -534,5 +565,52 @@ mod tests {
             .map(|m| m.data().contains("\"seq\":3"))
             .collect();
         assert_eq!(history, [true, false]);
+    }
+
+    /// The `joined` data a join with `resume` gets, as JSON.
+    fn rejoin(
+        registry: &Registry,
+        rx: &Receiver<Arc<Outgoing>>,
+        resume: Option<(u64, &str)>,
+    ) -> serde_json::Value {
+        registry.join(ClientId(1), "b", "x", resume, None, &mut Wakes::default());
+        let joined = rx.try_iter().find(|e| e.name == "joined").expect("joined");
+        serde_json::from_str(joined.data()).unwrap()
+    }
+
+    #[test]
+    fn a_resume_gets_what_came_after_since_and_a_new_room_a_new_epoch() {
+        let (registry, rx) = setup(2);
+        registry.join(ClientId(0), "a", "x", None, None, &mut Wakes::default());
+        for _ in 0..4 {
+            registry
+                .chat(ClientId(0), "hi", None, &mut Wakes::default())
+                .unwrap();
+        }
+        let plain = rejoin(&registry, &rx[1], None);
+        let epoch = plain["epoch"].as_str().unwrap().to_owned();
+        assert!(plain.get("resumed").is_none());
+        assert_eq!(plain["history"].as_array().unwrap().len(), 2);
+        let seqs = |v: &serde_json::Value| -> Vec<u64> {
+            v["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["seq"].as_u64().unwrap())
+                .collect()
+        };
+        let again = rejoin(&registry, &rx[1], Some((3, &epoch)));
+        assert_eq!((seqs(&again), &again["resumed"]), (vec![4], &true.into()));
+        let edge = rejoin(&registry, &rx[1], Some((2, &epoch)));
+        assert_eq!((seqs(&edge), &edge["resumed"]), (vec![3, 4], &true.into()));
+        let gap = rejoin(&registry, &rx[1], Some((1, &epoch)));
+        assert_eq!((seqs(&gap), &gap["resumed"]), (vec![3, 4], &false.into()));
+        registry.disconnect(ClientId(0), &mut Wakes::default());
+        registry.disconnect(ClientId(1), &mut Wakes::default());
+        let (recorder, rx1) = Recorder::new();
+        registry.connect(ClientId(1), recorder);
+        let fresh = rejoin(&registry, &rx1, Some((4, &epoch)));
+        assert_ne!(fresh["epoch"], epoch.as_str(), "a room created again");
+        assert_eq!((seqs(&fresh), &fresh["resumed"]), (vec![], &false.into()));
     }
 }

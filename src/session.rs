@@ -130,8 +130,13 @@ impl Session {
         };
         let (rooms, wakes) = (&self.shared.rooms, &mut self.wakes);
         let done = match request {
-            ClientEvent::JoinRoom { username, room } => {
-                let done = rooms.join(self.id, &username, &room, ack, wakes);
+            ClientEvent::JoinRoom {
+                username,
+                room,
+                resume,
+            } => {
+                let resume = resume.as_ref().map(|r| (r.since, &*r.epoch));
+                let done = rooms.join(self.id, &username, &room, resume, ack, wakes);
                 if done.is_ok() {
                     info!("client {} joined {room:?} as {username:?}", self.id);
                 }

@@ -189,15 +189,16 @@ impl Rooms {
         id: ClientId,
         username: &str,
         room: &str,
+        resume: Option<(u64, &str)>,
         ack: Option<u64>,
         wakes: &mut Wakes,
     ) -> Result<(), Refused> {
         match &self.engine {
             Engine::Local(r) => {
-                r.join(id, username, room, ack, wakes);
+                r.join(id, username, room, resume, ack, wakes);
                 Ok(())
             }
-            Engine::Cluster(c) => c.join(id, username, room, ack),
+            Engine::Cluster(c) => c.join(id, username, room, resume, ack),
         }
     }
 

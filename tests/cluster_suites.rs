@@ -1,4 +1,4 @@
-//! The protocol suites (`protocol/rooms.rs`, `protocol/errors.rs`, the model
+//! The protocol suites (`protocol/rooms.rs`, `protocol/errors.rs`, `protocol/resume.rs`, the model
 //! of `protocol/properties.rs`) on a cluster of one node and of two, each
 //! test with its own redis-server; `tests/rooms.rs` and the others run the
 //! same tests on the in-memory engine. Skipped, with a message, where

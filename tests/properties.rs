@@ -125,8 +125,9 @@ proptest! {
         let len = core.chars().count();
         let valid = (1..=MAX_USERNAME_CHARS).contains(&len) && !control;
         match join(&raw, "room") {
-            Ok(ClientEvent::JoinRoom { username, room }) => {
+            Ok(ClientEvent::JoinRoom { username, room, resume }) => {
                 prop_assert!(valid, "accepted {raw:?}");
+                prop_assert_eq!(resume, None);
                 prop_assert_eq!(username, core);
                 prop_assert_eq!(room, "room");
             }
@@ -237,6 +238,28 @@ proptest! {
             Err(r) => {
                 prop_assert!(!whole, "rejected ack {f}");
                 prop_assert_eq!((r.code, r.ack), (ErrorCode::BadRequest, None));
+            }
+        }
+    }
+
+    #[test]
+    fn since_is_a_whole_number_up_to_2_pow_53_minus_1(f in prop_oneof![
+        any::<f64>(),
+        (-1000i64..1000).prop_map(|n| n as f64 / 4.0),
+        Just(MAX_ACK as f64), Just(MAX_ACK as f64 + 2.0), Just(-0.0),
+    ]) {
+        prop_assume!(f.is_finite());
+        let whole = f.fract() == 0.0 && (0.0..=MAX_ACK as f64).contains(&f);
+        let data = json!({"username": "a", "room": "r", "since": f, "epoch": "e"});
+        match ClientEvent::parse_value(EventName::JoinRoom, Some(&data)) {
+            Ok(ClientEvent::JoinRoom { resume: Some(r), .. }) => {
+                prop_assert!(whole, "accepted since {f}");
+                prop_assert_eq!(r.since, f as u64);
+            }
+            Ok(other) => prop_assert!(false, "joinRoom parsed as {other:?}"),
+            Err(r) => {
+                prop_assert!(!whole, "rejected since {f}");
+                prop_assert_eq!((r.code, r.field), (ErrorCode::InvalidField, Some("since")));
             }
         }
     }

@@ -82,6 +82,9 @@
     typingTimer: null,
     seen: new Set(), // keys of messages shown in the current room
     lastMsg: null, // {id, ts} of the last message node, for grouping
+    // Where the page stands in the current room: the room's epoch and the last
+    // seq shown. A reconnect resumes from it (joinRoom since + epoch).
+    position: null, // {room, epoch, seq}
   };
 
   // ---- small DOM helpers (text only)
@@ -294,7 +297,15 @@
   }
 
   function sendJoin(username, room, mode) {
-    const ok = send('joinRoom', { username, room }, { kind: 'join', mode, username, room });
+    const data = { username, room };
+    const pos = state.position;
+    if (mode === 'rejoin' && pos && pos.room === room) {
+      // Back in the room we dropped out of: ask for what came after the last
+      // message shown, and learn from `resumed` whether that is all of it.
+      data.since = pos.seq;
+      data.epoch = pos.epoch;
+    }
+    const ok = send('joinRoom', data, { kind: 'join', mode, username, room });
     if (!ok) return false;
     if (mode === 'join') ui.joinStatus.textContent = `Joining ${room}…`;
     if (mode === 'rejoin') setConn('connecting', `Connected, rejoining ${room}…`);
@@ -323,15 +334,34 @@
     for (const u of Array.isArray(d.users) ? d.users : []) state.users.set(String(u.id), String(u.username));
     clearTypers();
     const history = Array.isArray(d.history) ? d.history : [];
+    const epoch = typeof d.epoch === 'string' ? d.epoch : null;
+    const pos = state.position;
+    state.position = null; // set below, once the history is shown
+    const sameEpoch = !!pos && pos.room === room && pos.epoch === epoch;
     if (rejoin) {
       addSystem(`Reconnected: rejoined ${room} as ${username}.`, 'ok');
-      for (const m of history) if (!state.seen.has(msgKey(m))) addMessage(m);
+      if (d.resumed === false) {
+        addSystem(sameEpoch
+          ? 'Some messages may be missing: more were sent while you were away than the room keeps.'
+          : 'Some messages may be missing: the room was emptied and started again while you were away.', 'missing');
+      }
+      for (const m of history) {
+        // In the same epoch, a seq at or below the last one shown was shown already (or is missed for good).
+        if (sameEpoch && typeof m.seq === 'number' && m.seq <= pos.seq) continue;
+        if (!state.seen.has(msgKey(m))) addMessage(m);
+      }
     } else {
       clearMessages();
       if (history.length) addSystem(history.length === 1 ? '1 earlier message' : `${history.length} earlier messages`, 'divider');
       for (const m of history) addMessage(m, true);
       addSystem(switched || req.mode === 'switch' ? `You switched to ${room}.` : `You joined ${room} as ${username}.`, 'ok');
     }
+    // The last seq shown: the history's last; after a resume that missed
+    // nothing, where we were; else 0 (an empty room, or --history 0: a later
+    // resume from 0 then says `resumed: false` rather than hide a gap).
+    const lastSeq = history.length ? Number(history[history.length - 1].seq) || 0
+      : d.resumed === true && sameEpoch ? pos.seq : 0;
+    state.position = epoch === null ? null : { room, epoch, seq: lastSeq };
     setConn('online', 'Connected');
     ui.roomName.textContent = room;
     ui.meName.textContent = username;
@@ -365,6 +395,7 @@
     if (!inRoom(d)) return;
     dropTyper(String(d.id));
     addMessage(d);
+    if (state.position && typeof d.seq === 'number') state.position.seq = d.seq;
   }
 
   function onTyping(d) {

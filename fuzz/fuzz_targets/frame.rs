@@ -98,10 +98,17 @@ fn check_event(event: &ClientEvent<'_>, data: Option<&Value>) {
         assert!(!s.chars().any(char::is_control), "{s:?}");
     };
     let again = match event {
-        ClientEvent::JoinRoom { username, room } => {
+        ClientEvent::JoinRoom { username, room, resume } => {
             name(username, MAX_USERNAME_CHARS);
             name(room, MAX_ROOM_CHARS);
-            serde_json::json!({"event": "joinRoom", "data": {"username": username, "room": room}})
+            let mut data = serde_json::json!({"username": username, "room": room});
+            if let Some(r) = resume {
+                assert!(r.since <= roomchat::protocol::MAX_ACK);
+                assert!(r.epoch.chars().count() <= roomchat::protocol::MAX_EPOCH_CHARS);
+                data["since"] = r.since.into();
+                data["epoch"] = r.epoch.as_ref().into();
+            }
+            serde_json::json!({"event": "joinRoom", "data": data})
         }
         ClientEvent::ChatMessage { text } => {
             let chars = text.chars().count();

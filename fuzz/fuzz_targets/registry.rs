@@ -106,7 +106,7 @@ impl World {
                 let s = c as usize % SLOTS;
                 let (name, room) = (NAMES[name as usize % 2], ROOMS[room as usize % 4]);
                 let ack = self.ack();
-                self.registry.join(self.slots[s].id, name, room, Some(ack), &mut Wakes::default());
+                self.registry.join(self.slots[s].id, name, room, None, Some(ack), &mut Wakes::default());
                 if self.slots[s].connected {
                     let same = self.slots[s]
                         .member

@@ -3,7 +3,7 @@
 //! builders as the single-node registry (`protocol::ServerEvent`), so the
 //! two engines cannot disagree on a shape.
 //!
-//! Twelve fields joined by `\n`; lists inside a field are joined by `\t`.
+//! Thirteen fields joined by `\n`; lists inside a field are joined by `\t`.
 //! Neither character can occur inside a field: room names and usernames
 //! hold no control characters, and the values that can (usernames, a chat
 //! text) travel as JSON strings, which serde_json writes without raw
@@ -70,8 +70,9 @@ pub(crate) enum Kind {
 /// event; `body` per kind: a chat message's `<ts>\t<text as JSON>` (see
 /// [`chat_body`]), typing's `true`/`false`, a rename's old name (JSON);
 /// and for an own join the snapshot: `users` (`<id>\t<name>` pairs, in
-/// join order, flattened) and `history` (chat records, one a line, see
-/// [`ChatRecord`]).
+/// join order, flattened), `resumed` (`1`, `0`, or empty for a join without
+/// `since`) and `history` (chat records, one a line, see [`ChatRecord`]):
+/// with `resumed` 1, only those after the `since`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Event<'a> {
     pub(crate) kind: Kind,
@@ -90,6 +91,8 @@ pub(crate) struct Event<'a> {
     pub(crate) name: &'a str,
     pub(crate) body: &'a str,
     pub(crate) users: &'a str,
+    /// An own join's `joined.resumed`: None for a join without `since`.
+    pub(crate) resumed: Option<bool>,
     pub(crate) history: &'a str,
 }
 
@@ -99,7 +102,7 @@ pub(crate) struct Malformed(pub(crate) &'static str);
 
 impl<'a> Event<'a> {
     pub(crate) fn parse(text: &'a str) -> Result<Event<'a>, Malformed> {
-        let mut f = text.splitn(12, '\n');
+        let mut f = text.splitn(13, '\n');
         let mut field = |name| f.next().ok_or(Malformed(name));
         let (kind, own) = match field("kind")? {
             "m" => (Kind::Chat, false),
@@ -139,6 +142,12 @@ impl<'a> Event<'a> {
             name: field("name")?,
             body: field("body")?,
             users: field("users")?,
+            resumed: match field("resumed")? {
+                "" => None,
+                "1" => Some(true),
+                "0" => Some(false),
+                _ => return Err(Malformed("resumed")),
+            },
             history: field("history")?,
         })
     }
@@ -253,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_chat_event_parses() {
-        let text = "m\nlobby\nab12\n7\n3\nk3v9-42\n5\n9\n\"ann\"\n12\t\"hi\\n\"\n\n";
+        let text = "m\nlobby\nab12\n7\n3\nk3v9-42\n5\n9\n\"ann\"\n12\t\"hi\\n\"\n\n\n";
         let ev = Event::parse(text).unwrap();
         assert_eq!(
             (ev.kind, ev.own, ev.room, ev.epoch),
@@ -265,7 +274,7 @@ mod tests {
         let chat = ev.chat().unwrap();
         assert_eq!((chat.seq, chat.id, chat.ts), (7, "k3v9-42", 12));
         assert_eq!(chat.strings().unwrap(), ("ann".into(), "hi\n".into()));
-        assert_eq!((ev.users, ev.history), ("", ""));
+        assert_eq!((ev.users, ev.resumed, ev.history), ("", None, ""));
     }
 
     #[test]
@@ -275,9 +284,10 @@ mod tests {
             json_string("a\tb")
         );
         let text =
-            format!("J\nr\ne\n2\n1\nx-1\n1\n\n\"cy\"\n\nw-2\t\"bo\"\tx-1\t\"cy\"\n{history}");
+            format!("J\nr\ne\n2\n1\nx-1\n1\n\n\"cy\"\n\nw-2\t\"bo\"\tx-1\t\"cy\"\n1\n{history}");
         let ev = Event::parse(&text).unwrap();
         assert!(ev.own && ev.kind == Kind::Join && ev.ack.is_none());
+        assert_eq!(ev.resumed, Some(true));
         assert_eq!(
             ev.users().unwrap(),
             [("w-2", "bo".to_owned()), ("x-1", "cy".to_owned())]
@@ -300,10 +310,12 @@ mod tests {
             Event::parse("m\nr\ne\n1\n2\no\n3\n4\nd"),
             Err(Malformed("body"))
         );
-        let chat = Event::parse("m\nr\ne\n1\n2\no\n3\n4\n\"a\"\nno tab\n\n").unwrap();
+        let chat = Event::parse("m\nr\ne\n1\n2\no\n3\n4\n\"a\"\nno tab\n\n\n").unwrap();
         assert_eq!(chat.chat(), Err(Malformed("body")));
-        let join = Event::parse("J\nr\ne\n1\n2\no\n3\n4\n\"a\"\n\nx-1\n").unwrap();
+        let join = Event::parse("J\nr\ne\n1\n2\no\n3\n4\n\"a\"\n\nx-1\n\n").unwrap();
         assert_eq!(join.users(), Err(Malformed("users")));
+        let odd = Event::parse("J\nr\ne\n1\n2\no\n3\n4\n\"a\"\n\n\nyes\n");
+        assert_eq!(odd, Err(Malformed("resumed")));
     }
 
     #[test]

@@ -32,13 +32,13 @@ use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
 
 use crate::config::Config;
-use crate::delivery::{unix_millis, ClientId, Mailbox, Refused};
+use crate::delivery::{random_tag, unix_millis, ClientId, Mailbox, Refused};
 use crate::metrics::Metrics;
 use event::{chat_body, json_string};
 use link::{Down, Link, Target, IO_TIMEOUT};
@@ -211,6 +211,7 @@ impl Cluster {
         id: ClientId,
         username: &str,
         room: &str,
+        resume: Option<(u64, &str)>,
         ack: Option<u64>,
     ) -> Result<(), Refused> {
         self.node
@@ -222,7 +223,8 @@ impl Cluster {
                 let username = json_string(username);
                 let epoch = random_tag(8);
                 let (outcome, joined, kept) = node.link.call(|con| {
-                    scripts::join(con, call, &node.tag, &username, room, &epoch, current)
+                    let (tag, user) = (&node.tag, &username);
+                    scripts::join(con, call, tag, user, room, &epoch, current, resume)
                 })?;
                 if !kept {
                     // The client's previous room had lost it: that room's state
@@ -551,30 +553,4 @@ fn register(
         "cannot reach Redis at {target} within {}s: {last}",
         STARTUP_WINDOW.as_secs()
     )))
-}
-
-/// `len` random characters from `[0-9a-z]`: node tags (10: 51 bits, so
-/// 10,000 node starts collide with probability ~2e-8), room epochs and
-/// generations.
-fn random_tag(len: usize) -> String {
-    const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut bytes = vec![0u8; len];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No entropy source: the clock's nanoseconds, mixed, are still
-        // unlikely to repeat between two nodes.
-        let mut x = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id()) << 32;
-        for b in &mut bytes {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-    }
-    bytes
-        .iter()
-        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
-        .collect()
 }

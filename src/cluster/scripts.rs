@@ -99,6 +99,7 @@ impl Call<'_> {
 }
 
 /// A join: (outcome, whether the current room still had the client).
+/// `resume`: the `since` and `epoch` the client came back with.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn join(
     con: &mut Connection,
@@ -108,8 +109,10 @@ pub(crate) fn join(
     room: &str,
     new_epoch: &str,
     current: Option<(&str, &str)>,
+    resume: Option<(u64, &str)>,
 ) -> RedisResult<(Outcome, Option<String>, bool)> {
     let (cur_room, cur_epoch) = current.unwrap_or(("", ""));
+    let (since, since_epoch) = resume.map_or((String::new(), ""), |(s, e)| (s.to_string(), e));
     let reply: Vec<Value> = JOIN
         .arg(c.prefix)
         .arg(node)
@@ -123,6 +126,8 @@ pub(crate) fn join(
         .arg(cur_room)
         .arg(cur_epoch)
         .arg(c.deadline())
+        .arg(since)
+        .arg(since_epoch)
         .invoke(con)?;
     let outcome = outcome(&reply)?;
     let epoch = reply.get(1).and_then(text);

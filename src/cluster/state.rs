@@ -701,7 +701,8 @@ impl State {
 }
 
 /// The `joined` answer an own join's snapshot makes: built now, on the
-/// subscriber thread, from the fields Redis read in the join's atomic step.
+/// subscriber thread, from the fields Redis read in the join's atomic step
+/// (with a `since`, join.lua already chose the history and `resumed`).
 fn snapshot(ev: &Event<'_>, username: &str) -> Result<Arc<Outgoing>, Malformed> {
     let users = ev.users()?;
     let mut history = Vec::new();
@@ -729,6 +730,8 @@ fn snapshot(ev: &Event<'_>, username: &str) -> Result<Arc<Outgoing>, Malformed> 
             })
             .collect(),
         history: history.iter().map(|h| &**h).collect(),
+        epoch: ev.epoch,
+        resumed: ev.resumed,
     };
     Ok(Outgoing::event(&ServerEvent::Joined(data), None))
 }
@@ -769,7 +772,7 @@ mod tests {
     /// An event text of room r: kind, epoch, seq, k, origin, q (also the
     /// ack), then `name` and `body` (see `pres` and `chat`); no snapshot.
     fn ev(kind: &str, epoch: &str, seq: u64, k: u64, origin: &str, q: u64, fields: &str) -> String {
-        format!("{kind}\nr\n{epoch}\n{seq}\n{k}\n{origin}\n{q}\n{q}\n{fields}\n\n")
+        format!("{kind}\nr\n{epoch}\n{seq}\n{k}\n{origin}\n{q}\n{q}\n{fields}\n\n\n")
     }
 
     fn apply(state: &mut State, text: &str) -> (Applied, Effects) {
@@ -851,7 +854,7 @@ mod tests {
             (names(&rx[0]), names(&rx[1])),
             (vec!["ack"], vec!["typing"])
         );
-        let rename = "R\nr\ne\n0\n4\na-1\n3\n3\n\"anna\"\n\"ann\"\na-1\t\"anna\"\ta-2\t\"cy\"\n";
+        let rename = "R\nr\ne\n0\n4\na-1\n3\n3\n\"anna\"\n\"ann\"\na-1\t\"anna\"\ta-2\t\"cy\"\n\n";
         apply(&mut s, rename);
         let got: Vec<_> = rx[0].try_iter().collect();
         assert_eq!(
@@ -860,7 +863,7 @@ mod tests {
         );
         assert_eq!(
             got[0].data(),
-            r#"{"room":"r","username":"anna","id":"a-1","users":[{"id":"a-1","username":"anna"},{"id":"a-2","username":"cy"}],"history":[]}"#
+            r#"{"room":"r","username":"anna","id":"a-1","users":[{"id":"a-1","username":"anna"},{"id":"a-2","username":"cy"}],"history":[],"epoch":"e"}"#
         );
         let got: Vec<_> = rx[1].try_iter().collect();
         assert_eq!(
@@ -894,7 +897,7 @@ mod tests {
     #[test]
     fn an_own_rejoin_of_a_room_not_followed_here_follows_it() {
         let (mut s, rx) = setup(1);
-        let rejoin = "N\nr\ne\n0\n5\na-1\n1\n1\n\"ann\"\n\na-1\t\"ann\"\n";
+        let rejoin = "N\nr\ne\n0\n5\na-1\n1\n1\n\"ann\"\n\na-1\t\"ann\"\n\n";
         apply(&mut s, rejoin);
         assert_eq!(names(&rx[0]), ["joined", "ack"]);
         assert_eq!(s.room_count(), 1, "the room is followed");

@@ -8,5 +8,7 @@ const SETUP: Setup = Setup::Cluster { nodes: 1 };
 mod errors;
 #[path = "properties.rs"]
 mod properties;
+#[path = "resume.rs"]
+mod resume;
 #[path = "rooms.rs"]
 mod rooms;

@@ -50,6 +50,8 @@ struct RoomModel {
     last_seq: u64,
     /// The last `HISTORY` messages, as they were delivered.
     history: Vec<Value>,
+    /// Learnt from the first `joined` of this creation of the room.
+    epoch: Option<String>,
 }
 
 struct World {
@@ -61,6 +63,8 @@ struct World {
     /// Frames each slot must receive next, in order: (event, data; see `check_frame`).
     expected: Vec<Vec<(&'static str, Value)>>,
     said: u64,
+    /// Every epoch seen so far, per room name: a room created again has a new one.
+    epochs: BTreeMap<String, Vec<String>>,
 }
 
 impl World {
@@ -73,6 +77,7 @@ impl World {
             rooms: BTreeMap::new(),
             expected: vec![Vec::new(); CLIENTS],
             said: 0,
+            epochs: BTreeMap::new(),
         }
     }
 
@@ -161,9 +166,23 @@ impl World {
                 let history = r.history.clone();
                 let joined = json!({"room": room, "username": name, "id": me, "users": users, "history": history});
                 self.expected[c].push(("joined", joined));
-                let (_, reply) =
+                let (frames, reply) =
                     self.request(c, "joinRoom", json!({"username": name, "room": room}))?;
                 check_frame(&reply, "ack", &json!({"ok": true, "room": room}))?;
+                let epoch = frames.last().unwrap()["data"]["epoch"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let r = self.rooms.get_mut(room).unwrap();
+                match &r.epoch {
+                    Some(known) => prop_assert_eq!(known, &epoch, "one epoch per creation"),
+                    None => {
+                        let seen = self.epochs.entry(room.into()).or_default();
+                        prop_assert!(!seen.contains(&epoch), "epoch {} again", epoch);
+                        seen.push(epoch.clone());
+                        r.epoch = Some(epoch);
+                    }
+                }
             }
             Op::Chat { c } => {
                 self.said += 1;
@@ -277,13 +296,14 @@ impl World {
 /// `frame` is `event` and its data is `want`, field for field, on every
 /// engine: no field missing, none extra. Two things the model cannot know
 /// are left open: an `error`'s `message`, and a `ts` the model does not give
-/// (a message not yet seen), which must be a whole number.
+/// (a message not yet seen), which must be a whole number, and a `joined`'s
+/// `epoch` (a string of 1 to 32 characters, checked by the join's step).
 fn check_frame(frame: &Value, event: &str, want: &Value) -> Result<(), TestCaseError> {
     prop_assert_eq!(&frame["event"], event, "frame {}", frame);
-    let open: &[&str] = if event == "error" {
-        &["message"]
-    } else {
-        &["ts"]
+    let open: &[&str] = match event {
+        "error" => &["message"],
+        "joined" => &["ts", "epoch"],
+        _ => &["ts"],
     };
     prop_assert!(
         same(want, &frame["data"], open),
@@ -304,6 +324,9 @@ fn same(want: &Value, got: &Value, open: &[&str]) -> bool {
                         || open.contains(&k.as_str())
                             && match k.as_str() {
                                 "ts" => v.is_u64(),
+                                "epoch" => v
+                                    .as_str()
+                                    .is_some_and(|e| (1..=32).contains(&e.chars().count())),
                                 _ => v.as_str().is_some_and(|m| !m.is_empty()),
                             }
                 })

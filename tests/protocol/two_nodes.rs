@@ -9,5 +9,7 @@ const SETUP: Setup = Setup::Cluster { nodes: 2 };
 mod errors;
 #[path = "properties.rs"]
 mod properties;
+#[path = "resume.rs"]
+mod resume;
 #[path = "rooms.rs"]
 mod rooms;

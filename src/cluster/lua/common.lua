@@ -31,11 +31,14 @@ local function now_ms()
   return t[1] * 1000 + math.floor(t[2] / 1000)
 end
 
--- An event: 12 fields joined by "\n" (see event.rs). Scripts publish fields and
+-- An event: 13 fields joined by "\n" (see event.rs). Scripts publish fields and
 -- the values they are handed, never event JSON: a node builds the events.
 -- Its position in the room is (seq, k): a chat message raises seq, any other event k.
-local function event(kind, r, epoch, seq, k, origin, q, ack, name, body, users, hist)
-  return table.concat({kind, r, epoch, seq, k, origin, q, ack, name, body, users, hist}, '\n')
+-- resumed (an own join's only, '' elsewhere, so optional here) goes before
+-- hist, which holds newlines and so must come last.
+local function event(kind, r, epoch, seq, k, origin, q, ack, name, body, users, hist, resumed)
+  return table.concat({kind, r, epoch, seq, k, origin, q, ack, name, body, users,
+    resumed or '', hist}, '\n')
 end
 
 -- Logs an event and publishes it to every node with members in the room but `skip`.
