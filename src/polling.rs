@@ -502,7 +502,14 @@ impl Polling {
             let polls: Vec<Arc<Poll>> = self.sessions().values().cloned().collect();
             let now = Instant::now();
             for poll in polls {
-                let mut state = poll.state();
+                // A session whose lock is held is answering a request now
+                // (a POST may wait seconds on a cluster's Redis): it is not
+                // silent, and its ping can wait a tick. The timer never
+                // waits for one session: every other session's ping and
+                // timeout stay on time.
+                let Some(mut state) = poll.try_state() else {
+                    continue;
+                };
                 if state.upgraded {
                     // Only this entry still holds the queue: the client is gone.
                     if Arc::strong_count(&poll.outbox) == 1 {
@@ -541,6 +548,15 @@ impl Polling {
 impl Poll {
     fn state(&self) -> MutexGuard<'_, PollState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state, unless another thread holds it right now.
+    fn try_state(&self) -> Option<MutexGuard<'_, PollState>> {
+        match self.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     fn get(&self) -> MutexGuard<'_, Get> {

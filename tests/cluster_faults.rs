@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::polling::Polling;
 use common::redis::{eventually, next_chat, NodeProcess, TestRedis};
 use common::{Client, TestServer};
 use serde_json::{json, Value};
@@ -378,4 +379,55 @@ fn connections_redis_closed_for_idleness_are_reopened_without_unavailable_or_dow
         assert_eq!(node.metric("roomchat_redis_down_total"), 0);
         assert_eq!(node.metric("roomchat_errors_total"), 0);
     }
+}
+
+#[test]
+fn a_polling_request_waiting_on_redis_holds_up_no_other_session() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let a = redis.node_with(|c| {
+        c.ping_interval = Duration::from_millis(100);
+        c.idle_timeout = Duration::from_secs(5);
+    });
+    let stuck = Polling::connected(&a);
+    stuck.post(r#"42["joinRoom",{"username":"stuck","room":"r"}]"#);
+    stuck.until(|p| p.starts_with(r#"42["joined""#));
+    let other = Polling::connected(&a);
+    // Redis stops answering: the stuck session's chat message waits for it,
+    // up to the Redis timeout (1 s), inside its POST.
+    redis.signal("-STOP");
+    let post = {
+        let stuck = Polling {
+            http: stuck.http,
+            sid: stuck.sid.clone(),
+        };
+        thread::spawn(move || {
+            let started = Instant::now();
+            stuck.post(r#"42["chatMessage",{"text":"into the void"}]"#);
+            started.elapsed()
+        })
+    };
+    // Meanwhile the other session is pinged as usual: every timer tick
+    // (250 ms), not once the stuck POST is over.
+    let mut pings = 0;
+    while !post.is_finished() {
+        let packets = other.packets();
+        if packets.iter().any(|p| p == "2") {
+            pings += 1;
+            other.post("3");
+        }
+    }
+    let took = post.join().unwrap();
+    redis.signal("-CONT");
+    assert!(
+        took >= Duration::from_millis(900),
+        "the POST did wait: {took:?}"
+    );
+    // About one a tick (4 in the second); a timer held up by the stuck
+    // session manages one or two.
+    assert!(
+        pings >= 3,
+        "{pings} pings in {took:?} while another POST waited on redis"
+    );
 }
