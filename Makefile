@@ -19,7 +19,7 @@ build: ## debug build of the server (what the browser and Socket.IO tests drive)
 test: ## unit and integration tests over real loopback sockets (about a minute; the cluster's: make cluster-test)
 	$(CARGO) test --workspace
 
-cluster-test: ## the cluster tests and the protocol suites on 1 and 2 nodes, ~50 s: each test starts its own redis-server (skipped, with a message, without one)
+cluster-test: ## the cluster tests, the Redis faults and a 30 s chaos run, and the protocol suites on 1 and 2 nodes, ~2 min: each test starts its own redis-server (skipped, with a message, without one)
 	$(CARGO) test --test cluster --test cluster_suites --test cluster_faults
 
 check: ## formatting and lints, warnings are errors

@@ -96,15 +96,17 @@ impl Health {
         let offset = heard.now - (sent + unix_millis() as i64) / 2;
         node.offset_ms
             .store(offset, std::sync::atomic::Ordering::Relaxed);
-        self.clock = self.clock.max(heard.clock);
         match heard.beat {
             Beat::Ok => {
+                self.clock = self.clock.max(heard.clock);
                 self.generation = heard.generation;
                 self.healthy_since.get_or_insert_with(Instant::now);
                 node.link.set_health(true, "heartbeat");
             }
             Beat::Lost => {
                 self.reset(node, &heard.beat);
+                // Another data set: its clock is where this node starts.
+                self.clock = heard.clock;
                 self.generation = heard.generation;
                 self.healthy_since.get_or_insert_with(Instant::now);
                 node.link.set_health(true, "heartbeat");
@@ -118,6 +120,7 @@ impl Health {
                     return self.failed(node, &e);
                 }
                 self.generation.clear();
+                self.clock = heard.clock;
                 node.link.set_health(false, "reaped; registering again");
             }
             Beat::Taken => self.failed(node, "another live node has this node's tag"),

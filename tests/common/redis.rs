@@ -55,7 +55,8 @@ impl TestRedis {
         self.dir.join("redis.sock")
     }
 
-    /// Starts redis-server (empty: no persistence) and waits for its PING.
+    /// Starts redis-server (no persistence but an explicit `SAVE`, which it
+    /// loads at start) and waits for its PING.
     fn launch(&mut self) {
         let _ = std::fs::remove_file(self.socket());
         let child = Command::new(REDIS_SERVER)
@@ -98,10 +99,16 @@ impl TestRedis {
         }
     }
 
-    /// Kill it and start an empty one on the same socket.
+    /// Kill it and start it again on the same socket: empty, or with the
+    /// data of the last `SAVE` if one was made (an older snapshot).
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
+    }
+
+    /// Forgets the last `SAVE`: the next restart starts empty.
+    pub fn forget_snapshot(&self) {
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
     }
 
     pub fn signal(&self, signal: &str) {
