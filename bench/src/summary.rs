@@ -515,14 +515,23 @@ fn figure(row: &Row, runs: &[&Value]) -> (Option<f64>, String) {
     if runs.is_empty() {
         return (None, "not run".into());
     }
+    // A fan-out run that never started sending (a member dropped while
+    // joining) has no figures: its zeros would drag the median down, so
+    // medians are over the runs that delivered; passes and loss count all.
+    let measured: Vec<&Value> = runs
+        .iter()
+        .copied()
+        .filter(|r| r["scenario"] != "fanout" || r["received"].as_u64() != Some(0))
+        .collect();
     match row.agg {
         Agg::Median(ptr) => {
-            let v = median(runs, ptr);
+            let v = median(&measured, ptr);
             (v, v.map_or("-".into(), |x| show(row.fmt, x)))
         }
         Agg::CpuPerFrame => {
             let v = median_of(
-                runs.iter()
+                measured
+                    .iter()
                     .filter_map(|r| {
                         let cpu = r.pointer("/cpu_secs/server")?.as_f64()?;
                         let n = r["received"].as_f64().filter(|n| *n > 0.0)?;
