@@ -12,14 +12,15 @@ cd "$(dirname "$0")/../.."
 n=${1:-2000}
 ulimit -n 20000 2>/dev/null || true
 flock /tmp/roomchat-cargo.lock cargo build --release -p roomchat -p roomchat-bench
+bin=${CARGO_TARGET_DIR:-target}/release
 out=$(mktemp)
-env ${SERVER_ENV:-} RUST_LOG=warn target/release/roomchat --http-port 0 --ws-port 0 \
+env ${SERVER_ENV:-} RUST_LOG=warn "$bin/roomchat" --http-port 0 --ws-port 0 \
     --rate-limit off --max-connections 20000 >"$out" 2>/dev/null &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$out"' EXIT
 for _ in $(seq 50); do grep -q ws:// "$out" && break; sleep 0.1; done
 url=$(grep -o 'ws://[^ )]*' "$out")
-target/release/roomchat-bench conns --url "$url" --server-pid "$server" --conns "$n" \
+"$bin/roomchat-bench" conns --url "$url" --server-pid "$server" --conns "$n" \
     --rooms 100 --hold 6 --settle 3 >"$out.bench" 2>&1 &
 bench=$!
 sleep 5 # the bench connects for ~1 s, then holds for 6 s: sample in the hold

@@ -64,6 +64,10 @@ enum Cmd {
         /// Replace the text between the result markers of this Markdown file.
         #[arg(long)]
         doc: Option<PathBuf>,
+        /// Which markers: `<!-- SECTION:begin -->` … `<!-- SECTION:end -->`
+        /// (default `results`).
+        #[arg(long)]
+        section: Option<String>,
         /// What was measured (e.g. the server's commit), printed with the machine.
         #[arg(long)]
         measured: Option<String>,
@@ -123,12 +127,14 @@ fn run(cmd: Cmd) -> Result<bool, String> {
         Cmd::Summary {
             files,
             doc,
+            section,
             measured,
             command,
         } => {
             return summary::summary(
                 &files,
                 doc.as_deref(),
+                section.as_deref(),
                 measured.as_deref(),
                 command.as_deref(),
             )

@@ -129,6 +129,8 @@ pub enum Msg {
 /// Writes and reads one dialect's frames.
 pub struct Codec {
     pub protocol: Protocol,
+    /// Chat texts are padded to at least this many bytes (`--text-bytes`).
+    pub text_bytes: usize,
     event: Finder<'static>,
     seq: Finder<'static>,
     text: Finder<'static>,
@@ -138,9 +140,18 @@ impl Codec {
     pub fn new(protocol: Protocol) -> Codec {
         Codec {
             protocol,
+            text_bytes: 0,
             event: Finder::new(br#""event":""#),
             seq: Finder::new(br#""seq":"#),
             text: Finder::new(br#""text":""#),
+        }
+    }
+
+    /// Chat texts padded to at least `n` bytes.
+    pub fn text_bytes(self, n: usize) -> Codec {
+        Codec {
+            text_bytes: n,
+            ..self
         }
     }
 
@@ -159,25 +170,31 @@ impl Codec {
         };
     }
 
-    /// A chat message whose text is `<sender>:<n>:<nanos>`, acked as `n` when
+    /// A chat message whose text is `<sender>:<n>:<nanos>`, then `:` and `x`s
+    /// up to `text_bytes` when that is longer (texts of a realistic size for
+    /// the mid-size case; nothing a server must escape), acked as `n` when
     /// `ack` (ignored by the peer dialect, which has no acks). Without an ack
     /// the Socket.IO dialects send the bare string, as the seed's client does.
     pub fn chat(&self, buf: &mut Vec<u8>, sender: usize, n: u64, ts: u64, ack: bool) {
+        let mut text = format!("{sender}:{n}:{ts}");
+        if text.len() + 1 < self.text_bytes {
+            text.push(':');
+            text.extend(std::iter::repeat_n('x', self.text_bytes - text.len()));
+        }
         buf.clear();
         let _ = match (self.protocol, ack) {
             (Protocol::Native, true) => write!(
                 buf,
-                r#"{{"event":"chatMessage","data":{{"text":"{sender}:{n}:{ts}"}},"ack":{n}}}"#
+                r#"{{"event":"chatMessage","data":{{"text":"{text}"}},"ack":{n}}}"#
             ),
             (Protocol::Native, false) => write!(
                 buf,
-                r#"{{"event":"chatMessage","data":{{"text":"{sender}:{n}:{ts}"}}}}"#
+                r#"{{"event":"chatMessage","data":{{"text":"{text}"}}}}"#
             ),
-            (Protocol::Socketio, true) => write!(
-                buf,
-                r#"42{n}["chatMessage",{{"text":"{sender}:{n}:{ts}"}}]"#
-            ),
-            _ => write!(buf, r#"42["chatMessage","{sender}:{n}:{ts}"]"#),
+            (Protocol::Socketio, true) => {
+                write!(buf, r#"42{n}["chatMessage",{{"text":"{text}"}}]"#)
+            }
+            _ => write!(buf, r#"42["chatMessage","{text}"]"#),
         };
     }
 
@@ -238,7 +255,8 @@ fn tag(text: &[u8]) -> Option<Tag> {
     let (n, b) = digits(rest)?;
     let rest = rest.get(b..)?.strip_prefix(b":")?;
     let (ts, c) = digits(rest)?;
-    (c == rest.len()).then_some(Tag {
+    // Nothing after the time, or the padding of `--text-bytes`.
+    (c == rest.len() || rest[c] == b':').then_some(Tag {
         sender: sender as usize,
         n,
         ts,
@@ -483,5 +501,33 @@ mod tests {
         assert_eq!(b, br#"42["chatMessage","2:3:4"]"#);
         p.join(&mut b, "u1", "room-1");
         assert_eq!(b, br#"42["joinRoom",{"username":"u1","room":"room-1"}]"#);
+    }
+
+    #[test]
+    fn pads_texts_to_text_bytes_and_still_reads_the_tag() {
+        let mut b = Vec::new();
+        for protocol in [Protocol::Native, Protocol::Socketio, Protocol::Peer] {
+            let c = Codec::new(protocol).text_bytes(300);
+            c.chat(&mut b, 2, 3, 4, false);
+            let text = String::from_utf8(b.clone()).unwrap();
+            let start = text.find("2:3:4").unwrap();
+            let padded = &text[start..start + text[start..].find('"').unwrap()];
+            assert_eq!(padded.len(), 300, "{protocol:?}");
+            assert_eq!(tag(padded.as_bytes()), t(2, 3, 4));
+        }
+        let c = Codec::new(Protocol::Native);
+        let f = format!(
+            r#"{{"event":"chatMessage","data":{{"seq":1,"text":"5:6:7:{}"}}}}"#,
+            "x".repeat(290)
+        );
+        assert_eq!(
+            c.parse(f.as_bytes()),
+            Msg::Chat {
+                seq: Some(1),
+                tag: t(5, 6, 7)
+            }
+        );
+        // A text that only looks like a tag is not one.
+        assert_eq!(tag(b"5:6:7x"), None);
     }
 }
