@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use tungstenite::handshake::derive_accept_key;
 
+use crate::auth::Identity;
 use crate::codec::Encoding;
 use crate::config::Origins;
 use crate::connection::{self, Attached};
@@ -126,7 +127,22 @@ fn serve(socket: Arc<TcpStream>, accepted: Instant, port: Port, front: &Front) -
                 encoding,
                 accept_key,
                 sid,
-            } => return upgrade(conn, encoding, &accept_key, sid, deadline, front),
+            } => {
+                let identity = match bearer(&head, encoding, shared) {
+                    Ok(identity) => identity,
+                    Err(refusal) => {
+                        refusal.send(&mut conn, shared.answer_deadline());
+                        return None;
+                    }
+                };
+                let hello = Hello {
+                    encoding,
+                    accept_key,
+                    sid,
+                    identity,
+                };
+                return upgrade(conn, hello, deadline, front);
+            }
             Route::Polling => front.polling.serve(&mut conn, &head),
             Route::Page => page(&mut conn, head, front),
             Route::Refuse(refusal) => {
@@ -178,6 +194,47 @@ fn page(conn: &mut Conn, head: Head, front: &Front) -> bool {
     true
 }
 
+/// v3: the identity a native WebSocket handshake proves with
+/// `Authorization: Bearer <token>`; none without the header (the client
+/// may send `authenticate`), or without a key (the header means nothing
+/// then). A bad token: 401, before the upgrade. Socket.IO clients prove
+/// theirs in the CONNECT packet instead, whatever headers they send.
+pub(crate) fn bearer(
+    head: &Head,
+    encoding: Encoding,
+    shared: &Shared,
+) -> Result<Option<Identity>, Refusal> {
+    let (Some(verifier), Encoding::Native) = (&shared.verifier, encoding) else {
+        return Ok(None);
+    };
+    let Some(value) = head.header("Authorization") else {
+        return Ok(None);
+    };
+    let unauthorized = |why: &str| {
+        Refusal::text(401, why).header("WWW-Authenticate", r#"Bearer error="invalid_token""#)
+    };
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => {
+            return Err(unauthorized(
+                "invalid_token: Authorization must be Bearer <token>",
+            ))
+        }
+    };
+    verifier.verify(token).map(Some).map_err(|refusal| {
+        debug!("handshake refused: {}", refusal.message);
+        unauthorized(&format!("{}: {}", refusal.code.as_str(), refusal.message))
+    })
+}
+
+/// A handshake that passed its checks, and what it asks for.
+struct Hello {
+    encoding: Encoding,
+    accept_key: String,
+    sid: Option<String>,
+    identity: Option<Identity>,
+}
+
 /// A connection becoming a WebSocket.
 pub(crate) enum Upgrade {
     /// A new client, admitted and answered `101`.
@@ -185,6 +242,7 @@ pub(crate) enum Upgrade {
         conn: Conn,
         encoding: Encoding,
         admission: Admission,
+        identity: Option<Identity>,
     },
     /// A WebSocket that would take long-polling session `sid` over.
     Takeover {
@@ -203,12 +261,14 @@ impl Upgrade {
                 conn,
                 encoding,
                 admission,
+                identity,
             } => connection::open(
                 conn.socket,
                 conn.pending,
                 encoding,
                 admission,
                 &front.shared,
+                identity,
             ),
             Upgrade::Takeover {
                 conn,
@@ -223,17 +283,15 @@ impl Upgrade {
 /// A handshake that passed its checks: a new client (admitted, and answered
 /// `101`), or (with `sid`) a long-polling client moving to WebSocket.
 #[inline(never)]
-fn upgrade(
-    mut conn: Conn,
-    encoding: Encoding,
-    accept_key: &str,
-    sid: Option<String>,
-    deadline: Instant,
-    front: &Front,
-) -> Option<Upgrade> {
+fn upgrade(mut conn: Conn, hello: Hello, deadline: Instant, front: &Front) -> Option<Upgrade> {
     let shared = &front.shared;
+    let Hello {
+        encoding,
+        accept_key,
+        sid,
+        identity,
+    } = hello;
     if let Some(sid) = sid {
-        let accept_key = accept_key.to_owned();
         return Some(Upgrade::Takeover {
             conn,
             sid,
@@ -251,7 +309,7 @@ fn upgrade(
         refusal.send(&mut conn, shared.answer_deadline());
         return None;
     };
-    if let Err(e) = switch_protocols(&conn, accept_key, deadline) {
+    if let Err(e) = switch_protocols(&conn, &accept_key, deadline) {
         debug!("handshake answer failed: {e}");
         return None;
     }
@@ -259,6 +317,7 @@ fn upgrade(
         conn,
         encoding,
         admission,
+        identity,
     })
 }
 

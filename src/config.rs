@@ -1,6 +1,7 @@
 //! The server's settings: flags, their `CHAT_*` environment variables and
 //! defaults, all parsed here in one place (clap does flags-with-env-fallback).
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +13,14 @@ use clap::Parser;
 /// Every flag can also be set by an environment variable, shown in
 /// brackets; a flag on the command line wins.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "roomchat", version, about, long_about = None)]
+#[command(
+    name = "roomchat",
+    version,
+    about,
+    long_about = None,
+    after_help = "`roomchat token --sub ID [--name NAME] [--rooms A,B] [--ttl 1h]` prints a token \
+                  signed with the HMAC secret, and the page's link (roomchat token --help)."
+)]
 pub struct Config {
     /// Address both listeners bind.
     #[arg(long, env = "CHAT_HOST", default_value = "127.0.0.1")]
@@ -96,6 +104,66 @@ pub struct Config {
     /// a down Redis is retried every half). For tests; keep the default.
     #[arg(long = "redis-tick-ms", env = "CHAT_REDIS_TICK_MS", default_value = "1000", hide = true, value_parser = parse_millis)]
     pub redis_tick: Duration,
+
+    /// Verify identities (v3): tokens signed with HS256 by this secret, at
+    /// least 32 bytes. Put it in the variable, not on the command line.
+    #[arg(
+        long,
+        env = "CHAT_AUTH_HMAC_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub auth_hmac_secret: Option<Secret>,
+
+    /// Verify identities (v3): tokens signed with RS256 or ES256, checked
+    /// with the RSA or P-256 public key in this PEM file.
+    #[arg(long, env = "CHAT_AUTH_PUBLIC_KEY", value_name = "FILE")]
+    pub auth_public_key: Option<PathBuf>,
+
+    /// With a key: a token's `iss` must be this.
+    #[arg(long, env = "CHAT_AUTH_ISSUER", value_name = "ISS")]
+    pub auth_issuer: Option<String>,
+
+    /// With a key: a token's `aud` must name this.
+    #[arg(long, env = "CHAT_AUTH_AUDIENCE", value_name = "AUD")]
+    pub auth_audience: Option<String>,
+
+    /// Seconds of clock leeway on a token's exp, nbf and iat (0 to 30). A
+    /// connection whose token expired is closed at most this long after exp.
+    #[arg(long, env = "CHAT_AUTH_LEEWAY", default_value_t = 5, value_name = "SECS",
+          value_parser = parse_leeway)]
+    pub auth_leeway: u64,
+}
+
+/// Most clock leeway the protocol allows on a token, in seconds.
+pub const MAX_LEEWAY_SECS: u64 = 30;
+
+/// A secret from the flags: never printed, whatever prints it (`Debug`
+/// included).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    pub(crate) fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret::new(s))
+    }
 }
 
 /// Frames per second per connection, or no limit.
@@ -143,6 +211,15 @@ fn parse_prefix(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_leeway(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n <= MAX_LEEWAY_SECS => Ok(n),
+        _ => Err(format!(
+            "expected a whole number of seconds from 0 to 30, got {s:?}"
+        )),
+    }
+}
+
 fn parse_millis(s: &str) -> Result<Duration, String> {
     match s.trim().parse::<u64>() {
         Ok(n) if (10..=60_000).contains(&n) => Ok(Duration::from_millis(n)),
@@ -169,6 +246,11 @@ impl Default for Config {
             redis: None,
             redis_prefix: "roomchat".into(),
             redis_tick: Duration::from_secs(1),
+            auth_hmac_secret: None,
+            auth_public_key: None,
+            auth_issuer: None,
+            auth_audience: None,
+            auth_leeway: 5,
         }
     }
 }
@@ -181,6 +263,11 @@ impl Config {
             ws_port: 0,
             ..Config::default()
         }
+    }
+
+    /// Whether a key is configured: clients must then prove who they are (v3).
+    pub fn auth_configured(&self) -> bool {
+        self.auth_hmac_secret.is_some() || self.auth_public_key.is_some()
     }
 
     /// Engine.IO's `pingTimeout`: how long after a ping a client may take
@@ -233,7 +320,7 @@ impl Config {
 }
 
 /// `::1` → `[::1]`, as it appears in URLs; names and IPv4 addresses unchanged.
-pub(crate) fn bracket_ipv6(host: &str) -> String {
+pub fn bracket_ipv6(host: &str) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
     } else {

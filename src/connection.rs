@@ -14,6 +14,7 @@ use tungstenite::error::ProtocolError;
 use tungstenite::protocol::{Role, WebSocket};
 use tungstenite::{Error as WsError, Message};
 
+use crate::auth::Identity;
 use crate::codec::{engineio, frame, Encoding};
 use crate::delivery::{Mailbox, Round};
 use crate::outbox::{Outbound, Outbox};
@@ -33,8 +34,9 @@ pub(crate) type Attached = (Box<Client>, Socket);
 
 /// Registers a new client whose handshake is done and greets it. `leftover`
 /// holds bytes read past the handshake; `admission` is its place under
-/// `--max-connections`, given back when the client goes. None if shutdown
-/// began meanwhile (the client got its Close).
+/// `--max-connections`, given back when the client goes; `identity`, what
+/// its handshake proved (v3). None if shutdown began meanwhile (the client
+/// got its Close).
 ///
 /// The caller then calls [`run`] from the top of its thread: the frames
 /// that led here are gone by then, so the pages of stack this thread keeps
@@ -45,8 +47,10 @@ pub(crate) fn open(
     encoding: Encoding,
     admission: Admission,
     shared: &Arc<Shared>,
+    identity: Option<Identity>,
 ) -> Option<Attached> {
-    let Some(client) = Client::register(encoding, Some(Arc::clone(&socket)), admission, shared)
+    let socket_for_client = Some(Arc::clone(&socket));
+    let Some(client) = Client::register(encoding, socket_for_client, admission, shared, identity)
     else {
         // Shutdown began between the handshake and now: nobody else writes
         // this socket yet, so its Close goes out directly.
@@ -94,6 +98,7 @@ pub(crate) fn websocket(
         socket,
         outbox,
         deadline: now + config.idle_timeout,
+        alarm: None,
         idle_timeout: config.idle_timeout,
         ping_interval: config.ping_interval,
         next_ping: now + config.ping_interval,
@@ -114,19 +119,23 @@ pub(crate) fn websocket(
 pub(crate) fn run(mut client: Box<Client>, mut ws: Socket) {
     client.outbox.wake(&Round::first()); // what `open` (or an upgrade) left queued
     let close = loop {
+        // The session's own deadline (v3: the time to authenticate, or the
+        // token's expiry) wakes this thread like the heartbeat does.
+        ws.get_mut().alarm = client.session.alarm();
         let message = match next_message(&mut ws, client.id()) {
             Ok(message) => message,
-            Err(End(close)) => break close,
+            Err(End::Alarm) => match client.session.on_alarm(Instant::now()) {
+                Some(close) => {
+                    client.session.flush();
+                    break Some(close);
+                }
+                None => continue,
+            },
+            Err(End::Close(close)) => break close,
         };
         let flow = match message {
-            Message::Text(text) => {
-                let inbound = client.codec.decode(&text);
-                client.session.handle(inbound)
-            }
-            Message::Binary(_) => {
-                let inbound = client.codec.decode_binary();
-                client.session.handle(inbound)
-            }
+            Message::Text(text) => client.receive(&text),
+            Message::Binary(_) => client.receive_binary(),
             Message::Close(_) => {
                 // Pushes tungstenite's Close reply into the queue.
                 let _ = ws.flush();
@@ -164,9 +173,14 @@ pub(crate) fn run(mut client: Box<Client>, mut ws: Socket) {
     drop(admission);
 }
 
-/// Why a connection ends: with a Close of ours (code, reason), or without
-/// (the peer closed, or vanished).
-pub(crate) struct End(pub(crate) Option<(u16, &'static str)>);
+/// Why the read loop stopped reading.
+pub(crate) enum End {
+    /// The connection ends: with a Close of ours (code, reason), or
+    /// without (the peer closed, or vanished).
+    Close(Option<(u16, &'static str)>),
+    /// The session's alarm is due (see `Session::alarm`).
+    Alarm,
+}
 
 /// The next message, or how the connection ends: closed by the peer,
 /// broken, idle past the deadline, or in violation of RFC 6455 (then with
@@ -191,12 +205,16 @@ pub(crate) fn next_message(ws: &mut Socket, id: impl std::fmt::Display) -> Resul
                 ) =>
             {
                 let stream = ws.get_ref();
-                if Instant::now() >= stream.deadline {
+                let now = Instant::now();
+                if now >= stream.deadline {
                     info!(
                         "client {id} idle for {:?}; dropping it",
                         stream.idle_timeout
                     );
-                    return Err(End(Some((1001, "idle timeout"))));
+                    return Err(End::Close(Some((1001, "idle timeout"))));
+                }
+                if stream.alarm.is_some_and(|alarm| now >= alarm) {
+                    return Err(End::Alarm);
                 }
             }
             Err(e) => {
@@ -212,7 +230,7 @@ pub(crate) fn next_message(ws: &mut Socket, id: impl std::fmt::Display) -> Resul
                     Some((code, _)) => warn!("client {id}: {e}; closing with {code}"),
                     None => debug!("client {id}: connection ended: {e}"),
                 }
-                return Err(End(close));
+                return Err(End::Close(close));
             }
         }
     }
@@ -249,6 +267,8 @@ pub(crate) struct ClientStream {
     /// Where writes go; none while the socket has no other writer.
     outbox: Option<Arc<Outbox>>,
     deadline: Instant,
+    /// When the reader must look at its session again, if ever.
+    alarm: Option<Instant>,
     idle_timeout: Duration,
     ping_interval: Duration,
     next_ping: Instant,
@@ -295,10 +315,15 @@ impl Read for ClientStream {
             }
             self.next_ping = now + self.ping_interval;
         }
-        if now >= self.deadline {
+        let due = self.alarm.is_some_and(|alarm| now >= alarm);
+        if now >= self.deadline || due {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        let wake = self.deadline.min(self.next_ping) - now;
+        let mut wake = self.deadline.min(self.next_ping);
+        if let Some(alarm) = self.alarm {
+            wake = wake.min(alarm);
+        }
+        let wake = wake - now;
         self.socket.set_read_timeout(Some(wake))?;
         (&*self.socket).read(buf)
     }

@@ -15,6 +15,7 @@ use log::debug;
 use serde_json::json;
 use tiny_http::{Response, StatusCode};
 
+use crate::auth::Identity;
 use crate::config::Origins;
 use crate::httpconn::{answer, header, plain, Answer, Head};
 use crate::shared::Shared;
@@ -225,17 +226,32 @@ fn serve(route: Route, head: &Head, site: &Site) -> Answer {
             let config = json!({"wsPort": site.ws_port, "wsPath": "/ws"});
             answer(200, "application/json", config.to_string().into_bytes())
         }
-        Route::Rooms => match shared.rooms.list() {
-            Ok(rooms) => {
-                let rooms: Vec<_> = rooms
-                    .into_iter()
-                    .map(|(name, users)| json!({"name": name, "users": users}))
-                    .collect();
-                let body = json!({ "rooms": rooms }).to_string();
-                answer(200, "application/json", body.into_bytes())
-            }
-            Err(_) => plain(503, "the cluster's Redis is unreachable"),
-        },
+        Route::Rooms => {
+            // v3: with a key, a bearer token, and only the rooms it may join.
+            let identity = match &shared.verifier {
+                None => None,
+                Some(verifier) => match bearer(head) {
+                    None => {
+                        return plain(
+                            401,
+                            "unauthenticated: Authorization: Bearer <token> required",
+                        )
+                        .with_header(header("WWW-Authenticate", "Bearer"))
+                    }
+                    Some(token) => match verifier.verify(token) {
+                        Ok(identity) => Some(identity),
+                        Err(refusal) => {
+                            let why = format!("{}: {}", refusal.code.as_str(), refusal.message);
+                            return plain(401, &why).with_header(header(
+                                "WWW-Authenticate",
+                                r#"Bearer error="invalid_token""#,
+                            ));
+                        }
+                    },
+                },
+            };
+            rooms(shared, identity.as_ref())
+        }
         Route::Metrics => answer(
             200,
             "text/plain; version=0.0.4",
@@ -259,6 +275,31 @@ fn serve(route: Route, head: &Head, site: &Site) -> Answer {
             response
         }
     }
+}
+
+/// `/api/rooms`: the rooms and their member counts; with `identity`, only
+/// those it may join.
+fn rooms(shared: &Shared, identity: Option<&Identity>) -> Answer {
+    match shared.rooms.list() {
+        Ok(rooms) => {
+            let rooms: Vec<_> = rooms
+                .into_iter()
+                .filter(|(name, _)| identity.is_none_or(|i| i.may_join(name)))
+                .map(|(name, users)| json!({"name": name, "users": users}))
+                .collect();
+            let body = json!({ "rooms": rooms }).to_string();
+            answer(200, "application/json", body.into_bytes())
+        }
+        Err(_) => plain(503, "the cluster's Redis is unreachable"),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if any.
+fn bearer(head: &Head) -> Option<&str> {
+    let (scheme, token) = head.header("Authorization")?.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// A file of the Socket.IO client, as the Socket.IO server sends it: its
@@ -375,6 +416,7 @@ mod tests {
             Capacity::for_clients(2),
             Arc::default(),
             Origins::new(Vec::new()),
+            None,
             None,
         ));
         let site = Site {

@@ -10,7 +10,9 @@
 //!    and every server event's shape, built through one enum), `codec`
 //!    (each transport's packets in and out, the WebSocket frames we write,
 //!    [`Outgoing`] events encoded once), [`config`], `metrics`, `throttle`
-//!    (logging what a peer can repeat, at most once a period).
+//!    (logging what a peer can repeat, at most once a period); on them,
+//!    [`auth`] (v3: a token checked against the configured keys becomes an
+//!    identity).
 //! 2. `delivery`: what both room engines share: client ids, the
 //!    [`Mailbox`] trait through which they reach clients, pushing one event
 //!    to many mailboxes, the roster of every client that shutdown closes,
@@ -39,7 +41,8 @@
 //! # Public API
 //!
 //! [`Server`] and [`Config`] run a server (the binary and the tests use
-//! them); [`protocol`] is public for the property tests; the hidden
+//! them); [`protocol`] is public for the property tests; [`auth`] for
+//! `roomchat token` and the fuzz targets; the hidden
 //! [`fuzzing`] module lets the fuzz targets drive the registry. Everything
 //! else is internal.
 //!
@@ -51,6 +54,7 @@
 //! server.shutdown();
 //! ```
 
+pub mod auth;
 pub mod config;
 pub mod protocol;
 pub mod server;

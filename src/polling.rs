@@ -116,6 +116,8 @@ struct PollState {
     upgrading: bool,
     /// A WebSocket took the session over: polling requests get `400`.
     upgraded: bool,
+    /// The server ends the session once its close packet is written.
+    closing: bool,
 }
 
 impl Polling {
@@ -229,7 +231,8 @@ impl Polling {
         let Some(admission) = shared.admit() else {
             return plain(503, "too many connections");
         };
-        let Some(client) = Client::register(Encoding::EngineIo, None, admission, shared) else {
+        let Some(client) = Client::register(Encoding::EngineIo, None, admission, shared, None)
+        else {
             return plain(503, "server is shutting down");
         };
         let sid = engineio::new_sid();
@@ -252,6 +255,7 @@ impl Polling {
                 probing: false,
                 upgrading: false,
                 upgraded: false,
+                closing: false,
             }),
             get: Mutex::new(Get::Idle),
             get_done: Condvar::new(),
@@ -371,8 +375,7 @@ impl Polling {
         };
         let mut goodbye = false;
         for packet in body.split(SEPARATOR).filter(|p| !p.is_empty()) {
-            let inbound = client.codec.decode(packet);
-            if client.session.handle(inbound) == Flow::End {
+            if client.receive(packet) == Flow::End {
                 goodbye = true;
                 break;
             }
@@ -520,10 +523,23 @@ impl Polling {
                 if state.client.is_none() {
                     continue;
                 }
+                // v3: a session that never authenticated, or whose token
+                // expired, gets its error (and `41`) and then the close
+                // packet; it ends once a GET has carried them.
+                let session = &mut state.client.as_mut().expect("checked above").session;
+                if session.alarm().is_some_and(|alarm| now >= alarm)
+                    && session.on_alarm(now).is_some()
+                {
+                    session.flush();
+                    poll.outbox.control(Outbound::Close(Box::default()));
+                    state.closing = true;
+                }
                 let why = if poll.outbox.overflowed() {
                     Some("slow consumer")
                 } else if self.silent(&state) {
                     Some("silent past the ping timeout")
+                } else if state.closing && poll.outbox.drained() {
+                    Some("closed by the server")
                 } else {
                     None
                 };

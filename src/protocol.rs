@@ -40,14 +40,17 @@ pub enum EventName {
     ChatMessage,
     Typing,
     LeaveRoom,
+    /// v3: prove who the client is, or refresh that proof.
+    Authenticate,
 }
 
 impl EventName {
-    pub const ALL: [EventName; 4] = [
+    pub const ALL: [EventName; 5] = [
         EventName::JoinRoom,
         EventName::ChatMessage,
         EventName::Typing,
         EventName::LeaveRoom,
+        EventName::Authenticate,
     ];
 
     /// The event a client names, if it is one it may send.
@@ -61,12 +64,13 @@ impl EventName {
             EventName::ChatMessage => "chatMessage",
             EventName::Typing => "typing",
             EventName::LeaveRoom => "leaveRoom",
+            EventName::Authenticate => "authenticate",
         }
     }
 
     /// Whether the event only makes sense inside a room (`not_in_room` otherwise).
     pub fn needs_room(self) -> bool {
-        !matches!(self, EventName::JoinRoom)
+        !matches!(self, EventName::JoinRoom | EventName::Authenticate)
     }
 }
 
@@ -75,7 +79,8 @@ impl EventName {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent<'a> {
     JoinRoom {
-        username: Cow<'a, str>,
+        /// Optional for a verified client (its name is the token's).
+        username: Option<Cow<'a, str>>,
         room: Cow<'a, str>,
         /// `since` and `epoch`: where the client left the room, if it is
         /// coming back to it.
@@ -88,17 +93,34 @@ pub enum ClientEvent<'a> {
         typing: bool,
     },
     LeaveRoom,
+    Authenticate {
+        token: Cow<'a, str>,
+    },
 }
 
 impl<'a> ClientEvent<'a> {
-    /// Checks an event's data. Call after the `unknown_event` and
-    /// `not_in_room` checks, which depend on the connection's state.
+    /// Checks an event's data, for a client that has not proven who it is.
+    /// Call after the `unknown_event` and `not_in_room` checks, which
+    /// depend on the connection's state.
     pub fn parse(name: EventName, data: Option<&'a RawValue>) -> Result<Self, Rejection> {
+        ClientEvent::parse_for(name, data, false)
+    }
+
+    /// Checks an event's data; `verified`: the client proved who it is, so
+    /// `joinRoom`'s `username` may be left out.
+    pub fn parse_for(
+        name: EventName,
+        data: Option<&'a RawValue>,
+        verified: bool,
+    ) -> Result<Self, Rejection> {
         match name {
             EventName::JoinRoom => {
                 let [username, room, since, epoch] =
                     fields(data, ["username", "room", "since", "epoch"])?;
-                let username = name_field(username, "username", MAX_USERNAME_CHARS)?;
+                let username = match username {
+                    None if verified => None,
+                    raw => Some(name_field(raw, "username", MAX_USERNAME_CHARS)?),
+                };
                 let room = name_field(room, "room", MAX_ROOM_CHARS)?;
                 let resume = Resume::parse(since, epoch)?;
                 Ok(ClientEvent::JoinRoom {
@@ -124,6 +146,13 @@ impl<'a> ClientEvent<'a> {
                 }
             }
             EventName::LeaveRoom => Ok(ClientEvent::LeaveRoom),
+            EventName::Authenticate => {
+                let [token] = fields(data, ["token"])?;
+                let token = token
+                    .and_then(string)
+                    .ok_or_else(|| Rejection::invalid("token", "token must be a string"))?;
+                Ok(ClientEvent::Authenticate { token })
+            }
         }
     }
 
@@ -136,7 +165,7 @@ impl<'a> ClientEvent<'a> {
                 room,
                 resume,
             } => ClientEvent::JoinRoom {
-                username: own(username),
+                username: username.map(own),
                 room: own(room),
                 resume: resume.map(|r| Resume {
                     since: r.since,
@@ -146,6 +175,7 @@ impl<'a> ClientEvent<'a> {
             ClientEvent::ChatMessage { text } => ClientEvent::ChatMessage { text: own(text) },
             ClientEvent::Typing { typing } => ClientEvent::Typing { typing },
             ClientEvent::LeaveRoom => ClientEvent::LeaveRoom,
+            ClientEvent::Authenticate { token } => ClientEvent::Authenticate { token: own(token) },
         }
     }
 
@@ -216,10 +246,19 @@ pub enum ErrorCode {
     InvalidField,
     /// Cluster only: Redis is unreachable, the request was not carried out.
     Unavailable,
+    /// v3: the client has not proven who it is (checked after
+    /// `unknown_event`, before `not_in_room`).
+    Unauthenticated,
+    /// v3: a token that does not verify (signature, claims, iss/aud, nbf).
+    InvalidToken,
+    /// v3: the token's `exp` has passed.
+    TokenExpired,
+    /// v3: a room the token may not join, another name, another `sub`.
+    Forbidden,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::RateLimited,
@@ -227,6 +266,10 @@ impl ErrorCode {
         ErrorCode::NotInRoom,
         ErrorCode::InvalidField,
         ErrorCode::Unavailable,
+        ErrorCode::Unauthenticated,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::Forbidden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -238,6 +281,10 @@ impl ErrorCode {
             ErrorCode::NotInRoom => "not_in_room",
             ErrorCode::InvalidField => "invalid_field",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -259,6 +306,14 @@ impl Rejection {
             message: message.into(),
             field: None,
             ack: None,
+        }
+    }
+
+    /// `forbidden`, naming the field whose value the token does not allow.
+    pub fn forbidden(field: &'static str, message: impl Into<String>) -> Self {
+        Rejection {
+            field: Some(field),
+            ..Rejection::new(ErrorCode::Forbidden, message)
         }
     }
 
@@ -443,6 +498,15 @@ fn name_field<'a>(
     Ok(name)
 }
 
+/// `name` as a `username` is used (trimmed), if it is a valid one: 1 to 32
+/// characters, no control characters. For a token's `name` claim.
+pub fn valid_username(name: &str) -> Option<&str> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    ((1..=MAX_USERNAME_CHARS).contains(&chars) && !name.chars().any(char::is_control))
+        .then_some(name)
+}
+
 /// `s` without leading and trailing white space, still borrowed if it was.
 fn trim(s: Cow<'_, str>) -> Cow<'_, str> {
     match s {
@@ -552,6 +616,8 @@ impl Serialize for Id<'_> {
 pub(crate) struct UserInfo<'a> {
     pub(crate) id: Id<'a>,
     pub(crate) username: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) user: Option<&'a str>,
 }
 
 /// `chatMessage` data, also what `joined.history` holds.
@@ -561,6 +627,9 @@ pub(crate) struct ChatMessageData<'a> {
     pub(crate) seq: u64,
     pub(crate) id: Id<'a>,
     pub(crate) username: &'a str,
+    /// v3: the verified user's `sub`, on a server with a key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) user: Option<&'a str>,
     pub(crate) text: &'a str,
     pub(crate) ts: u64,
 }
@@ -571,6 +640,8 @@ pub(crate) struct PresenceData<'a> {
     pub(crate) room: &'a str,
     pub(crate) id: Id<'a>,
     pub(crate) username: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) user: Option<&'a str>,
 }
 
 /// `typing` data.
@@ -579,6 +650,8 @@ pub(crate) struct TypingData<'a> {
     pub(crate) room: &'a str,
     pub(crate) id: Id<'a>,
     pub(crate) username: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) user: Option<&'a str>,
     pub(crate) typing: bool,
 }
 
@@ -631,6 +704,13 @@ pub(crate) struct AckData<'a> {
     pub(crate) seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) room: Option<&'a str>,
+    /// v3, `authenticate`'s: who the token proved, and until when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) exp: Option<u64>,
 }
 
 impl AckData<'_> {
@@ -654,6 +734,14 @@ pub(crate) struct LeftData<'a> {
 pub(crate) struct ConnectedData<'a> {
     pub(crate) id: Id<'a>,
     pub(crate) limits: Limits,
+    /// v3: `"required"` when the server has a key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) auth: Option<&'static str>,
+    /// v3: who the client is, when its handshake already proved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -761,7 +849,7 @@ mod tests {
         assert_eq!(
             join("  ann\t", " lobby ").unwrap(),
             ClientEvent::JoinRoom {
-                username: "ann".into(),
+                username: Some("ann".into()),
                 room: "lobby".into(),
                 resume: None,
             }
@@ -878,6 +966,54 @@ mod tests {
                 text: "  kept  ".into()
             }
         );
+    }
+
+    #[test]
+    fn authenticate_takes_a_string_token_and_a_verified_join_may_leave_out_its_name() {
+        assert_eq!(
+            parse_event("authenticate", Some(&json!({"token": "a.b.c"}))).unwrap(),
+            ClientEvent::Authenticate {
+                token: "a.b.c".into()
+            }
+        );
+        for data in [json!({"token": 5}), json!({}), json!({"token": null})] {
+            let r = parse_event("authenticate", Some(&data)).unwrap_err();
+            assert_eq!((r.code, r.field), (ErrorCode::InvalidField, Some("token")));
+        }
+        assert_eq!(
+            parse_event("authenticate", None).unwrap_err().field,
+            Some("data")
+        );
+        let room_only = serde_json::value::to_raw_value(&json!({"room": " r "})).unwrap();
+        let name = EventName::JoinRoom;
+        assert_eq!(
+            ClientEvent::parse(name, Some(&room_only))
+                .unwrap_err()
+                .field,
+            Some("username"),
+            "required without a verified identity"
+        );
+        assert_eq!(
+            ClientEvent::parse_for(name, Some(&room_only), true).unwrap(),
+            ClientEvent::JoinRoom {
+                username: None,
+                room: "r".into(),
+                resume: None,
+            }
+        );
+        let blank =
+            serde_json::value::to_raw_value(&json!({"username": " ", "room": "r"})).unwrap();
+        assert_eq!(
+            ClientEvent::parse_for(name, Some(&blank), true)
+                .unwrap_err()
+                .field,
+            Some("username"),
+            "a name given is still checked"
+        );
+        assert_eq!(valid_username("  Ann "), Some("Ann"));
+        assert_eq!(valid_username("a\u{7}"), None);
+        assert_eq!(valid_username(&"x".repeat(33)), None);
+        assert!(!EventName::Authenticate.needs_room());
     }
 
     #[test]

@@ -69,6 +69,8 @@ struct Member {
     id: ClientId,
     /// Shared with the `joined` snapshots that list it.
     username: Arc<str>,
+    /// v3: the verified user (the token's `sub`), on a server with a key.
+    user: Option<Arc<str>>,
     mailbox: Arc<dyn Mailbox>,
 }
 
@@ -106,11 +108,9 @@ impl Room {
             .expect("a client's room lists it as a member")
     }
 
-    fn username(&self, id: ClientId) -> &str {
+    fn member(&self, id: ClientId) -> &Member {
         let member = self.members.iter().find(|m| m.id == id);
-        &member
-            .expect("a client's room lists it as a member")
-            .username
+        member.expect("a client's room lists it as a member")
     }
 
     /// Queues `event` for every member but `except`.
@@ -131,17 +131,20 @@ impl Room {
         username: &str,
         resume: Option<(u64, &str)>,
     ) -> Arc<Outgoing> {
-        let users: Vec<(ClientId, Arc<str>)> = self
+        let users: Vec<(ClientId, Arc<str>, Option<Arc<str>>)> = self
             .members
             .iter()
-            .map(|m| (m.id, Arc::clone(&m.username)))
+            .map(|m| (m.id, Arc::clone(&m.username), m.user.clone()))
             .collect();
         let (newest, resumed) =
             resumed_history(resume, &self.epoch, self.last_seq, self.history.len());
         let skip = self.history.len() - newest;
         let history: Vec<Arc<Outgoing>> = self.history.iter().skip(skip).cloned().collect();
         let epoch = Arc::clone(&self.epoch);
-        let weight = users.iter().map(|(_, u)| u.len() + 32).sum::<usize>()
+        let weight = users
+            .iter()
+            .map(|(_, name, user)| name.len() + user.as_ref().map_or(0, |u| u.len() + 10) + 32)
+            .sum::<usize>()
             + history.iter().map(|m| m.weight()).sum::<usize>();
         let (room, username) = (name.to_owned(), username.to_owned());
         Outgoing::joined_later(weight, move || {
@@ -151,9 +154,10 @@ impl Room {
                 id: Id(&id),
                 users: users
                     .iter()
-                    .map(|(id, username)| UserInfo {
+                    .map(|(id, username, user)| UserInfo {
                         id: Id(id),
                         username,
+                        user: user.as_deref(),
                     })
                     .collect(),
                 history: history.iter().map(|m| m.raw()).collect(),
@@ -226,11 +230,27 @@ impl Registry {
         ack: Option<u64>,
         wakes: &mut Wakes,
     ) {
+        self.join_as(id, username, None, room, resume, ack, wakes);
+    }
+
+    /// `joinRoom` as [`Registry::join`], for a member who is also the
+    /// verified `user` (v3), which every presence and chat event carries.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join_as(
+        &self,
+        id: ClientId,
+        username: &str,
+        user: Option<&str>,
+        room: &str,
+        resume: Option<(u64, &str)>,
+        ack: Option<u64>,
+        wakes: &mut Wakes,
+    ) {
         let mut inner = self.lock();
         let mut d = Delivery::new(wakes);
         if inner.room_of(id).as_deref() == Some(room) {
             inner.rename(id, room, username, &mut d);
-        } else if !inner.enter(id, room, username, &mut d) {
+        } else if !inner.enter(id, room, username, user, &mut d) {
             // Not registered (cannot happen: a reader joins only between
             // its connect and disconnect); still deliver what leaving queued.
             return self.finish(inner, d);
@@ -280,11 +300,13 @@ impl Registry {
             .expect("the client's room exists");
         room.last_seq += 1;
         let seq = room.last_seq;
+        let member = room.member(id);
         let data = ChatMessageData {
             room: &room_name,
             seq,
             id: Id(&id),
-            username: room.username(id),
+            username: &member.username,
+            user: member.user.as_deref(),
             text,
             ts: unix_millis(),
         };
@@ -317,10 +339,12 @@ impl Registry {
         let mut d = Delivery::new(wakes);
         let room_name = inner.room_of(id).ok_or(NotInRoom)?;
         let room = &inner.rooms[&room_name];
+        let member = room.member(id);
         let data = TypingData {
             room: &room_name,
             id: Id(&id),
-            username: room.username(id),
+            username: &member.username,
+            user: member.user.as_deref(),
             typing,
         };
         let event = Outgoing::event(&ServerEvent::Typing(data), None);
@@ -413,13 +437,20 @@ impl Inner {
             return;
         }
         let old = std::mem::replace(&mut me.username, username.into());
+        let user = me.user.clone();
         r.send_all(
-            &presence(ServerEvent::UserLeft, room, &id, &old),
+            &presence(ServerEvent::UserLeft, room, &id, &old, user.as_deref()),
             Some(id),
             d,
         );
         r.send_all(
-            &presence(ServerEvent::UserJoined, room, &id, username),
+            &presence(
+                ServerEvent::UserJoined,
+                room,
+                &id,
+                username,
+                user.as_deref(),
+            ),
             Some(id),
             d,
         );
@@ -427,7 +458,14 @@ impl Inner {
 
     /// Moves the client from its room (if any) into `room`, telling the
     /// members there `userJoined`. False if the client is not registered.
-    fn enter(&mut self, id: ClientId, room: &str, username: &str, d: &mut Delivery) -> bool {
+    fn enter(
+        &mut self,
+        id: ClientId,
+        room: &str,
+        username: &str,
+        user: Option<&str>,
+        d: &mut Delivery,
+    ) -> bool {
         self.leave_room(id, d);
         let Some(client) = self.clients.get_mut(&id) else {
             return false;
@@ -436,13 +474,14 @@ impl Inner {
         let mailbox = Arc::clone(&client.mailbox);
         let r = self.rooms.entry(room.to_owned()).or_insert_with(Room::new);
         r.send_all(
-            &presence(ServerEvent::UserJoined, room, &id, username),
+            &presence(ServerEvent::UserJoined, room, &id, username, user),
             None,
             d,
         );
         r.members.push(Member {
             id,
             username: username.into(),
+            user: user.map(Arc::from),
             mailbox,
         });
         true
@@ -458,7 +497,8 @@ impl Inner {
         if room.members.is_empty() {
             self.rooms.remove(&name);
         } else {
-            let left = presence(ServerEvent::UserLeft, &name, &id, &member.username);
+            let user = member.user.as_deref();
+            let left = presence(ServerEvent::UserLeft, &name, &id, &member.username, user);
             room.send_all(&left, None, d);
         }
         Some(name)
@@ -471,9 +511,16 @@ fn presence<'a>(
     room: &'a str,
     id: &'a ClientId,
     username: &'a str,
+    user: Option<&'a str>,
 ) -> Arc<Outgoing> {
     let id = Id(id);
-    Outgoing::event(&event(PresenceData { room, id, username }), None)
+    let data = PresenceData {
+        room,
+        id,
+        username,
+        user,
+    };
+    Outgoing::event(&event(data), None)
 }
 
 #[cfg(test)]
@@ -540,6 +587,31 @@ mod tests {
         );
         assert_eq!(events(&rx[1]), ["joined", "joined", "ack", "joined"]);
         assert_eq!(registry.rooms(), [("x".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn a_verified_member_carries_its_user_in_every_event() {
+        let (registry, rx) = setup(2);
+        let mut w = Wakes::default();
+        registry.join_as(ClientId(0), "Ann", Some("u-a"), "x", None, None, &mut w);
+        registry.join(ClientId(1), "bo", "x", None, None, &mut w);
+        registry.chat(ClientId(0), "hi", None, &mut w).unwrap();
+        registry.typing(ClientId(0), true, None, &mut w).unwrap();
+        registry.disconnect(ClientId(0), &mut w);
+        let data: Vec<serde_json::Value> = rx[1]
+            .try_iter()
+            .map(|e| serde_json::from_str(e.data()).unwrap())
+            .collect();
+        assert_eq!(data[0]["users"][0]["user"], "u-a", "joined.users");
+        assert!(
+            data[0]["users"][1].get("user").is_none(),
+            "bo is not verified"
+        );
+        for (i, what) in [(1, "chatMessage"), (2, "typing"), (3, "userLeft")] {
+            assert_eq!(data[i]["user"], "u-a", "{what}");
+        }
+        let history = registry.lock().rooms["x"].history[0].data().to_owned();
+        assert!(history.contains(r#""user":"u-a""#));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use log::{info, warn};
 
 use crate::accept::{self, Front, Port};
+use crate::auth::{KeyError, Verifier};
 use crate::cluster::Cluster;
 use crate::config::{Config, Origins};
 use crate::http::{self, Assets, Desk};
@@ -50,6 +51,9 @@ pub enum StartError {
     Spawn(io::Error),
     /// `--redis`: Redis could not be reached (in 5 seconds), or the URL is bad.
     Redis(String),
+    /// v3: the keys in the flags cannot be used (a secret shorter than 32
+    /// bytes, a public key file that cannot be read). Exit status 2.
+    Auth(KeyError),
 }
 
 impl fmt::Display for StartError {
@@ -65,6 +69,7 @@ impl fmt::Display for StartError {
             ),
             StartError::Spawn(source) => write!(f, "cannot start a server thread: {source}"),
             StartError::Redis(why) => f.write_str(why),
+            StartError::Auth(why) => write!(f, "{why}"),
         }
     }
 }
@@ -76,6 +81,7 @@ impl std::error::Error for StartError {
             | StartError::Www { source, .. }
             | StartError::Spawn(source) => Some(source),
             StartError::Redis(_) => None,
+            StartError::Auth(why) => Some(why),
         }
     }
 }
@@ -93,6 +99,7 @@ impl Server {
     /// Binds both listeners and starts serving.
     pub fn start(config: Config) -> Result<Server, StartError> {
         let assets = open_assets(&config)?;
+        let verifier = Verifier::from_config(&config).map_err(StartError::Auth)?;
         let metrics = Arc::new(Metrics::default());
         // A cluster node joins its cluster before it binds: one that cannot
         // reach Redis never prints its banner.
@@ -119,6 +126,7 @@ impl Server {
             metrics,
             handshake_origins,
             cluster,
+            verifier,
         ));
         let (desk, jobs) = Desk::new();
         let site = http::Site {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::auth::Verifier;
 use crate::cluster::Cluster;
 use crate::config::{Config, Origins};
 use crate::delivery::{ClientId, Closing, Mailbox, Refused, Roster, Wakes};
@@ -23,6 +24,8 @@ pub(crate) struct Shared {
     /// not hold that many clients (see `server::capacity`).
     pub(crate) max_connections: usize,
     pub(crate) rooms: Rooms,
+    /// v3: the keys tokens are checked with; none in the demo mode.
+    pub(crate) verifier: Option<Verifier>,
     pub(crate) metrics: Arc<Metrics>,
     /// Origins allowed to open a WebSocket (see `Config::handshake_origins_for`).
     pub(crate) handshake_origins: Origins,
@@ -47,6 +50,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         handshake_origins: Origins,
         cluster: Option<Cluster>,
+        verifier: Option<Verifier>,
     ) -> Shared {
         let max_connections = capacity.clients;
         let ws_config = WebSocketConfig::default()
@@ -71,6 +75,7 @@ impl Shared {
             config,
             max_connections,
             rooms,
+            verifier,
             metrics,
             handshake_origins,
             ws_config,
@@ -182,12 +187,15 @@ impl Rooms {
         }
     }
 
-    /// `joinRoom`. In a cluster, returns once every frame it caused for
-    /// this client is queued, like the registry (see `cluster`).
+    /// `joinRoom`, as `username` (and, verified, as `user`). In a cluster,
+    /// returns once every frame it caused for this client is queued, like
+    /// the registry (see `cluster`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn join(
         &self,
         id: ClientId,
         username: &str,
+        user: Option<&str>,
         room: &str,
         resume: Option<(u64, &str)>,
         ack: Option<u64>,
@@ -195,10 +203,10 @@ impl Rooms {
     ) -> Result<(), Refused> {
         match &self.engine {
             Engine::Local(r) => {
-                r.join(id, username, room, resume, ack, wakes);
+                r.join_as(id, username, user, room, resume, ack, wakes);
                 Ok(())
             }
-            Engine::Cluster(c) => c.join(id, username, room, resume, ack),
+            Engine::Cluster(c) => c.join(id, username, user, room, resume, ack),
         }
     }
 
@@ -412,6 +420,7 @@ mod tests {
             Capacity::for_clients(2),
             Arc::default(),
             Origins::new(Vec::new()),
+            None,
             None,
         );
         let (a, b) = (shared.admit(), shared.admit());

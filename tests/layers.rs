@@ -8,7 +8,7 @@ use std::path::Path;
 /// import from its own step only where the line says so (`a > b`: b uses a).
 const LAYERS: &[&[&str]] = &[
     &["protocol", "config", "throttle", "httpconn"],
-    &["codec", "metrics"],
+    &["codec", "metrics", "auth"],
     &["delivery"],
     &["rooms", "cluster"],
     &["outbox"],

@@ -4,6 +4,9 @@
 //! two engines cannot disagree on a shape.
 //!
 //! Thirteen fields joined by `\n`; lists inside a field are joined by `\t`.
+//! A member travels as its username, a JSON string, followed, for a
+//! verified user (v3), by a space and its `sub` as a JSON string (see
+//! [`member_field`]): whatever a node shows of a member, every node shows.
 //! Neither character can occur inside a field: room names and usernames
 //! hold no control characters, and the values that can (usernames, a chat
 //! text) travel as JSON strings, which serde_json writes without raw
@@ -96,6 +99,9 @@ pub(crate) struct Event<'a> {
     pub(crate) history: &'a str,
 }
 
+/// One entry of an own join's `users`: id, username, verified user.
+pub(crate) type Listed<'a> = (&'a str, String, Option<String>);
+
 /// A message that is not an event: a bug, or something else on our channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Malformed(pub(crate) &'static str);
@@ -152,9 +158,9 @@ impl<'a> Event<'a> {
         })
     }
 
-    /// The origin's username.
-    pub(crate) fn username(&self) -> Result<String, Malformed> {
-        json_text(self.name).ok_or(Malformed("name"))
+    /// The origin's username and verified user, if any.
+    pub(crate) fn member(&self) -> Result<(String, Option<String>), Malformed> {
+        member_parts(self.name).ok_or(Malformed("name"))
     }
 
     /// A chat message's record: its `seq`, origin, name, `ts` and text.
@@ -180,16 +186,19 @@ impl<'a> Event<'a> {
 
     /// A rename's old username.
     pub(crate) fn old_username(&self) -> Result<String, Malformed> {
-        json_text(self.body).ok_or(Malformed("body"))
+        member_parts(self.body)
+            .map(|(name, _)| name)
+            .ok_or(Malformed("body"))
     }
 
-    /// An own join's `users`: (id, username) in join order.
-    pub(crate) fn users(&self) -> Result<Vec<(&'a str, String)>, Malformed> {
+    /// An own join's `users`: (id, username, user) in join order.
+    pub(crate) fn users(&self) -> Result<Vec<Listed<'a>>, Malformed> {
         let mut fields = self.users.split('\t').filter(|f| !f.is_empty());
         let mut users = Vec::new();
         while let Some(id) = fields.next() {
-            let name = fields.next().and_then(json_text);
-            users.push((id, name.ok_or(Malformed("users"))?));
+            let member = fields.next().and_then(member_parts);
+            let (name, user) = member.ok_or(Malformed("users"))?;
+            users.push((id, name, user));
         }
         Ok(users)
     }
@@ -231,9 +240,15 @@ impl<'a> ChatRecord<'a> {
 
     /// The username and the text, decoded.
     pub(crate) fn strings(&self) -> Result<(String, String), Malformed> {
-        let name = json_text(self.name).ok_or(Malformed("name"))?;
+        let (name, _) = member_parts(self.name).ok_or(Malformed("name"))?;
         let text = json_text(self.text).ok_or(Malformed("text"))?;
         Ok((name, text))
+    }
+
+    /// The verified user who wrote it, if any.
+    pub(crate) fn user(&self) -> Result<Option<String>, Malformed> {
+        let (_, user) = member_parts(self.name).ok_or(Malformed("name"))?;
+        Ok(user)
     }
 }
 
@@ -245,6 +260,25 @@ pub(crate) fn chat_body(ts: u64, text: &str) -> String {
 /// A string as JSON: how names and texts travel through Redis.
 pub(crate) fn json_string(s: &str) -> String {
     serde_json::to_string(s).expect("a string always serializes")
+}
+
+/// A member as Redis keeps it (in a room's users, an event's `name`, a
+/// history record): `"ann"`, or `"ann" "u-17"` for a verified user. Two
+/// JSON strings cannot be confused with one: each ends at its unescaped
+/// closing quote.
+pub(crate) fn member_field(username: &str, user: Option<&str>) -> String {
+    match user {
+        None => json_string(username),
+        Some(user) => format!("{} {}", json_string(username), json_string(user)),
+    }
+}
+
+/// A [`member_field`] read back: the username and the user, if any.
+fn member_parts(field: &str) -> Option<(String, Option<String>)> {
+    let mut strings = serde_json::Deserializer::from_str(field).into_iter::<String>();
+    let name = strings.next()?.ok()?;
+    let user = strings.next().transpose().ok()?;
+    strings.next().is_none().then_some((name, user))
 }
 
 /// The string a JSON string holds.
@@ -270,7 +304,7 @@ mod tests {
         );
         assert_eq!(ev.pos, Pos { seq: 7, k: 3 });
         assert_eq!((ev.origin, ev.q, ev.ack), ("k3v9-42", 5, Some(9)));
-        assert_eq!(ev.username().unwrap(), "ann");
+        assert_eq!(ev.member().unwrap(), ("ann".to_owned(), None));
         let chat = ev.chat().unwrap();
         assert_eq!((chat.seq, chat.id, chat.ts), (7, "k3v9-42", 12));
         assert_eq!(chat.strings().unwrap(), ("ann".into(), "hi\n".into()));
@@ -290,7 +324,10 @@ mod tests {
         assert_eq!(ev.resumed, Some(true));
         assert_eq!(
             ev.users().unwrap(),
-            [("w-2", "bo".to_owned()), ("x-1", "cy".to_owned())]
+            [
+                ("w-2", "bo".to_owned(), None),
+                ("x-1", "cy".to_owned(), None)
+            ]
         );
         let history = ev.history().unwrap();
         assert_eq!(history.len(), 2);
@@ -316,6 +353,24 @@ mod tests {
         assert_eq!(join.users(), Err(Malformed("users")));
         let odd = Event::parse("J\nr\ne\n1\n2\no\n3\n4\n\"a\"\n\n\nyes\n");
         assert_eq!(odd, Err(Malformed("resumed")));
+    }
+
+    #[test]
+    fn a_member_carries_its_verified_user_through_redis() {
+        let field = member_field("Ann \"A\" Lee", Some("u 1"));
+        assert!(!field.contains(['\t', '\n']));
+        assert_eq!(
+            member_parts(&field),
+            Some(("Ann \"A\" Lee".to_owned(), Some("u 1".to_owned())))
+        );
+        assert_eq!(member_parts("\"bo\""), Some(("bo".to_owned(), None)));
+        for bad in ["", "bo", "\"a\" 5", "\"a\" \"b\" \"c\""] {
+            assert_eq!(member_parts(bad), None, "{bad}");
+        }
+        let text = format!("J\nr\ne\n0\n1\nx-1\n1\n\n{field}\n\nx-1\t{field}\n\n");
+        let ev = Event::parse(&text).unwrap();
+        assert_eq!(ev.member().unwrap().1.as_deref(), Some("u 1"));
+        assert_eq!(ev.users().unwrap()[0].2.as_deref(), Some("u 1"));
     }
 
     #[test]

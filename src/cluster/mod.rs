@@ -40,7 +40,7 @@ use log::{info, warn};
 use crate::config::Config;
 use crate::delivery::{random_tag, unix_millis, ClientId, Mailbox, Refused};
 use crate::metrics::Metrics;
-use event::{chat_body, json_string};
+use event::{chat_body, member_field};
 use link::{Down, Link, Target, IO_TIMEOUT};
 use scripts::{Call, Outcome};
 use state::{Barrier, Effects, Leave, Request, State, Waited};
@@ -210,6 +210,7 @@ impl Cluster {
         &self,
         id: ClientId,
         username: &str,
+        user: Option<&str>,
         room: &str,
         resume: Option<(u64, &str)>,
         ack: Option<u64>,
@@ -220,7 +221,9 @@ impl Cluster {
                     .membership
                     .as_ref()
                     .map(|m| (m.room.as_str(), m.epoch.as_str()));
-                let username = json_string(username);
+                // The member as Redis keeps it: its name, and its verified
+                // user, which every node then shows.
+                let username = member_field(username, user);
                 let epoch = random_tag(8);
                 let (outcome, joined, kept) = node.link.call(|con| {
                     let (tag, user) = (&node.tag, &username);

@@ -459,12 +459,14 @@ impl State {
         fanout: &mut Fanout,
         fx: &mut Effects,
     ) -> Result<(), Malformed> {
-        let username = ev.username()?;
+        let (username, user) = ev.member()?;
+        let user = user.as_deref();
         let (room, id) = (ev.room, Id(&ev.origin));
         let presence = PresenceData {
             room,
             id,
             username: &username,
+            user,
         };
         match ev.kind {
             Kind::Chat => {
@@ -475,6 +477,7 @@ impl State {
                     seq: chat.seq,
                     id,
                     username: &username,
+                    user,
                     text: &text,
                     ts: chat.ts,
                 };
@@ -490,6 +493,7 @@ impl State {
                     room,
                     id,
                     username: &username,
+                    user,
                     typing: ev.typing()?,
                 };
                 self.to_room(room, &ServerEvent::Typing(data), origin, fanout);
@@ -708,11 +712,13 @@ fn snapshot(ev: &Event<'_>, username: &str) -> Result<Arc<Outgoing>, Malformed> 
     let mut history = Vec::new();
     for record in ev.history()? {
         let (username, text) = record.strings()?;
+        let user = record.user()?;
         let data = ChatMessageData {
             room: ev.room,
             seq: record.seq,
             id: Id(&record.id),
             username: &username,
+            user: user.as_deref(),
             text: &text,
             ts: record.ts,
         };
@@ -724,9 +730,10 @@ fn snapshot(ev: &Event<'_>, username: &str) -> Result<Arc<Outgoing>, Malformed> 
         id: Id(&ev.origin),
         users: users
             .iter()
-            .map(|(id, username)| UserInfo {
+            .map(|(id, username, user)| UserInfo {
                 id: Id(id),
                 username,
+                user: user.as_deref(),
             })
             .collect(),
         history: history.iter().map(|h| &**h).collect(),

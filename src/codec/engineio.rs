@@ -20,6 +20,9 @@ use crate::protocol::{self, Envelope, ErrorCode, Rejection};
 
 /// Engine.IO's ping packet, which the server sends on every ping interval.
 pub(crate) const PING: &str = "2";
+/// Socket.IO's DISCONNECT for the main namespace: the server ends the
+/// socket (v3: a token that expired), and the client does not reconnect.
+pub(crate) const DISCONNECT: &str = "41";
 
 /// One client's decoder: it remembers whether the client has joined the
 /// main namespace, before which no event is accepted.
@@ -44,14 +47,18 @@ impl Decoder {
             // Pong, echoing any payload (`2probe` → `3probe`).
             Packet::Ping(payload) => Inbound::Reply(format!("3{payload}")),
             Packet::Ignore => Inbound::Ignore,
-            Packet::Connect(namespace) if namespace == "/" => {
+            Packet::Connect(namespace, auth) if namespace == "/" => {
                 if self.connected {
                     return Inbound::Ignore;
                 }
-                self.connected = true;
-                Inbound::Connect(format!(r#"40{{"sid":"{}"}}"#, self.sid))
+                // Connected once the session accepts it (`joined_namespace`):
+                // with a key, not before its token verified.
+                Inbound::Connect {
+                    reply: format!(r#"40{{"sid":"{}"}}"#, self.sid),
+                    auth,
+                }
             }
-            Packet::Connect(namespace) => {
+            Packet::Connect(namespace, _) => {
                 let refusal = json!({"message": "Invalid namespace"});
                 Inbound::Reply(format!("44{namespace},{refusal}"))
             }
@@ -61,6 +68,11 @@ impl Decoder {
             ))),
             Packet::Event(parsed) => Inbound::Request(parsed),
         }
+    }
+
+    /// The session accepted the client's CONNECT: events may follow.
+    pub(crate) fn joined_namespace(&mut self) {
+        self.connected = true;
     }
 
     /// A binary WebSocket frame: attachments are not supported.
@@ -80,6 +92,11 @@ pub(crate) fn encode_into(event: &Outgoing, out: &mut Vec<u8>) {
         Some(ack) => write!(out, "43{ack}[{}]", event.data()),
         None => write!(out, r#"42["{}",{}]"#, event.name, event.data()),
     };
+}
+
+/// A refused CONNECT: `44{"message": …}`, the client's `connect_error`.
+pub(crate) fn connect_error(message: &str) -> String {
+    format!("44{}", json!({ "message": message }))
 }
 
 /// A new Engine.IO session id: 160 random bits, as hex. Unguessable, since
@@ -125,7 +142,8 @@ enum Packet<'a> {
     Close,
     Ping(String),
     Ignore,
-    Connect(String),
+    /// A CONNECT to a namespace, with its payload (`auth`), if any.
+    Connect(String, Option<&'a RawValue>),
     Disconnect,
     Event(Result<Envelope<'a>, Rejection>),
 }
@@ -149,7 +167,13 @@ fn socket_packet(packet: &str) -> Packet<'_> {
     let rest = packet.get(1..).unwrap_or("");
     let (namespace, rest) = split_namespace(rest);
     match kind {
-        Some('0') => Packet::Connect(namespace.to_owned()),
+        Some('0') => {
+            // A payload that is not a JSON object counts as none.
+            let auth = serde_json::from_str::<&RawValue>(rest)
+                .ok()
+                .filter(|raw| raw.get().starts_with('{'));
+            Packet::Connect(namespace.to_owned(), auth)
+        }
         // Leaving a namespace we never joined changes nothing.
         Some('1') if namespace != "/" => Packet::Ignore,
         Some('1') => Packet::Disconnect,
@@ -250,9 +274,13 @@ mod tests {
         assert!(matches!(engine_packet("2probe"), Packet::Ping(p) if p == "probe"));
         assert!(matches!(engine_packet("41/admin,"), Packet::Ignore));
         assert!(matches!(engine_packet("3"), Packet::Ignore));
-        assert!(matches!(engine_packet("40"), Packet::Connect(n) if n == "/"));
-        assert!(matches!(engine_packet(r#"40{"token":"x"}"#), Packet::Connect(n) if n == "/"));
-        assert!(matches!(engine_packet("40/admin,"), Packet::Connect(n) if n == "/admin"));
+        assert!(matches!(engine_packet("40"), Packet::Connect(n, None) if n == "/"));
+        assert!(matches!(
+            engine_packet(r#"40{"token":"x"}"#),
+            Packet::Connect(n, Some(auth)) if n == "/" && auth.get() == r#"{"token":"x"}"#
+        ));
+        assert!(matches!(engine_packet("40[1]"), Packet::Connect(_, None)));
+        assert!(matches!(engine_packet("40/admin,"), Packet::Connect(n, _) if n == "/admin"));
         assert!(matches!(engine_packet("41"), Packet::Disconnect));
     }
 
@@ -288,7 +316,14 @@ mod tests {
         let refused =
             |i: Inbound| matches!(i, Inbound::Request(Err(r)) if r.code == ErrorCode::BadRequest);
         assert!(refused(d.decode(r#"42["leaveRoom"]"#)));
-        assert!(matches!(d.decode("40"), Inbound::Connect(reply) if reply == r#"40{"sid":"7"}"#));
+        assert!(
+            matches!(d.decode("40"), Inbound::Connect { reply, .. } if reply == r#"40{"sid":"7"}"#)
+        );
+        assert!(
+            matches!(d.decode("40"), Inbound::Connect { .. }),
+            "a refused CONNECT may be tried again"
+        );
+        d.joined_namespace();
         assert!(matches!(d.decode("40"), Inbound::Ignore));
         assert!(matches!(
             d.decode(r#"42["leaveRoom"]"#),

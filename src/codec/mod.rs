@@ -29,9 +29,13 @@ pub(crate) enum Inbound<'a> {
     /// A transport packet to answer with at once (Engine.IO's pong, a
     /// refused namespace); not a chat event.
     Reply(String),
-    /// The client joined Socket.IO's main namespace: answer with this
-    /// packet, then send `connected`.
-    Connect(String),
+    /// The client asks to join Socket.IO's main namespace: if the session
+    /// accepts (`auth`: the CONNECT's payload), answer with `reply`, then
+    /// send `connected`.
+    Connect {
+        reply: String,
+        auth: Option<&'a RawValue>,
+    },
     /// The client ends the session.
     Close,
     /// Nothing to do.
@@ -60,6 +64,13 @@ impl Codec {
         match self {
             Codec::Native => native::decode(text),
             Codec::EngineIo(decoder) => decoder.decode(text),
+        }
+    }
+
+    /// The session accepted the client's Socket.IO CONNECT.
+    pub(crate) fn joined_namespace(&mut self) {
+        if let Codec::EngineIo(decoder) = self {
+            decoder.joined_namespace();
         }
     }
 

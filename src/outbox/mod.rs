@@ -159,6 +159,11 @@ impl Outbox {
         self.line.queue.overflowed()
     }
 
+    /// Whether everything queued has been written.
+    pub(crate) fn drained(&self) -> bool {
+        self.line.queue.held().0 == 0
+    }
+
     /// Queues `item`; Ok(true) if the role is free, for `wake` to claim.
     fn enqueue(&self, item: Outbound) -> Result<bool, Overflow> {
         self.line.queue.push(item)?;
