@@ -20,7 +20,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root/fuzz"
 seconds="${FUZZ_SECONDS:-60}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frame registry)
+[ ${#targets[@]} -gt 0 ] || targets=(frame registry token)
 
 # Shared machines serialize cargo through this lock (see the project's notes);
 # without flock, run as is.

@@ -72,7 +72,7 @@ fn decode_text(text: &str) {
             assert!(
                 matches!(
                     r.field,
-                    Some("data" | "username" | "room" | "text" | "typing")
+                    Some("data" | "username" | "room" | "text" | "typing" | "since" | "epoch" | "token")
                 ),
                 "{r:?}"
             );
@@ -99,6 +99,7 @@ fn check_event(event: &ClientEvent<'_>, data: Option<&Value>) {
     };
     let again = match event {
         ClientEvent::JoinRoom { username, room, resume } => {
+            let username = username.as_deref().expect("required without a verified identity");
             name(username, MAX_USERNAME_CHARS);
             name(room, MAX_ROOM_CHARS);
             let mut data = serde_json::json!({"username": username, "room": room});
@@ -128,6 +129,9 @@ fn check_event(event: &ClientEvent<'_>, data: Option<&Value>) {
             serde_json::json!({"event": "typing", "data": {"typing": typing}})
         }
         ClientEvent::LeaveRoom => serde_json::json!({"event": "leaveRoom"}),
+        ClientEvent::Authenticate { token } => {
+            serde_json::json!({"event": "authenticate", "data": {"token": token}})
+        }
     };
     let again = again.to_string();
     let envelope = protocol::parse_envelope(&again).unwrap();

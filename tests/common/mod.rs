@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod identity;
 pub mod polling;
 pub mod process;
 pub mod redis;
@@ -160,6 +161,11 @@ impl Client {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
         let (ws, _) = tungstenite::client(url, stream).expect("handshake");
+        Client::from_socket(ws)
+    }
+
+    /// A client on a WebSocket whose handshake is done.
+    pub fn from_socket(ws: WebSocket<TcpStream>) -> Client {
         Client {
             ws,
             id: String::new(),

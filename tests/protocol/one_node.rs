@@ -6,6 +6,8 @@ const SETUP: Setup = Setup::Cluster { nodes: 1 };
 
 #[path = "errors.rs"]
 mod errors;
+#[path = "identity.rs"]
+mod identity;
 #[path = "properties.rs"]
 mod properties;
 #[path = "resume.rs"]

@@ -7,6 +7,8 @@ const SETUP: Setup = Setup::Cluster { nodes: 2 };
 
 #[path = "errors.rs"]
 mod errors;
+#[path = "identity.rs"]
+mod identity;
 #[path = "properties.rs"]
 mod properties;
 #[path = "resume.rs"]
