@@ -23,6 +23,7 @@
     joinRoomError: $('join-room-error'), joinButton: $('join-button'), joinStatus: $('join-status'),
     activeRooms: $('active-rooms'), activeRoomsList: $('active-rooms-list'), suggestions: $('room-suggestions'),
     chatView: $('chat-view'), roomName: $('room-name'), meName: $('me-name'), leave: $('leave-button'),
+    joinIdentity: $('join-identity'), joinIdentityName: $('join-identity-name'), meVerified: $('me-verified'),
     people: $('people'), userCount: $('user-count'), userList: $('user-list'),
     switchBox: $('switch-box'), switchForm: $('switch-form'), switchRoom: $('switch-room'),
     switchRoomError: $('switch-room-error'),
@@ -85,7 +86,22 @@
     // Where the page stands in the current room: the room's epoch and the last
     // seq shown. A reconnect resumes from it (joinRoom since + epoch).
     position: null, // {room, epoch, seq}
+    // Identity (v3). With a key on the server, the page proves who the user
+    // is with the token from its URL fragment (#token=…: a fragment never
+    // reaches a server or its logs) before it joins anything.
+    token: tokenFromFragment(),
+    authRequired: false,
+    me: null, // {user, name}: who the token proved
+    authed: false, // this connection is authenticated
+    expiredToken: null, // a token the server said expired: never sent again
+    stopped: null, // why the page stopped reconnecting (no token, a bad one)
   };
+
+  function tokenFromFragment() {
+    const params = new URLSearchParams(location.hash.replace(/^#/, ''));
+    const token = params.get('token');
+    return token && token.length <= 8192 ? token : null;
+  }
 
   // ---- small DOM helpers (text only)
 
@@ -195,6 +211,7 @@
   function closeReason(code, greeted) {
     if (!greeted) return "Can't reach the server";
     switch (code) {
+      case 4001: return 'Your sign-in expired';
       case 1001: return 'The server went away (restarting?)';
       case 1009: return 'The server closed the connection: a message was too large';
       case 1013: return 'The server dropped this connection because it fell behind';
@@ -207,6 +224,7 @@
   function onClosed(ev, greeted) {
     state.ws = null;
     state.myId = null;
+    state.authed = false;
     const wasJoined = !!state.joined;
     state.lastRoom = state.joined ? state.joined.room : state.lastRoom;
     state.joined = null;
@@ -222,9 +240,46 @@
     }
     state.pending.clear();
     if (ev.code === 1009) showBanner('The server refused a message that was too large and closed the connection. Reconnecting…');
+    if (ev.code === 4001 && state.token === state.expiredToken) {
+      // Reconnecting with the same token would only be refused again: stop,
+      // and say what to do. A new token in the fragment starts over.
+      stop('Your sign-in has expired. Open a new sign-in link (or sign in again in your application) to keep chatting.');
+      if (wasJoined && !ui.chatView.hidden) addSystem('Your sign-in expired: you left the room.', 'warn');
+      return;
+    }
+    if (state.stopped) { stop(state.stopped); return; }
     if (wasJoined && !ui.chatView.hidden) addSystem(`${closeReason(ev.code, greeted)}. Trying to reconnect…`, 'warn');
     scheduleReconnect(closeReason(ev.code, greeted));
   }
+
+  /** Stops reconnecting: the server will not take this page as it is. */
+  function stop(why) {
+    state.stopped = why;
+    clearTimeout(state.reconnectTimer);
+    state.reconnectTimer = null;
+    state.retryAt = 0;
+    showBanner(why);
+    setConn('offline', 'Not signed in');
+    ui.retry.hidden = true;
+    ui.joinButton.disabled = true;
+    ui.joinStatus.textContent = why;
+    if (state.ws) { const ws = state.ws; state.ws = null; ws.close(); }
+  }
+
+  // A new token in the fragment (the application refreshed it): use it, on
+  // this connection (a refresh) or on a new one.
+  window.addEventListener('hashchange', () => {
+    const token = tokenFromFragment();
+    if (!token || token === state.token) return;
+    state.token = token;
+    if (state.authed) { send('authenticate', { token }, { kind: 'auth', refresh: true }); return; }
+    if (state.stopped) {
+      state.stopped = null;
+      ui.joinButton.disabled = false;
+      hideBanner();
+      retryNow();
+    }
+  });
 
   function scheduleReconnect(reason) {
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** state.attempt);
@@ -278,9 +333,15 @@
       case 'typing': return onTyping(d);
       case 'left': return onLeft(d);
       case 'error': return onServerError(d, f.ack);
-      case 'ack': state.pending.delete(f.ack); return undefined;
+      case 'ack': return onAck(d, f.ack);
       default: return undefined; // newer server, unknown event: ignore
     }
+  }
+
+  function onAck(d, ack) {
+    const req = state.pending.get(ack);
+    state.pending.delete(ack);
+    if (req?.kind === 'auth') onAuthenticated(d, req);
   }
 
   function onConnected(d) {
@@ -289,15 +350,54 @@
     state.everConnected = true;
     state.attempt = 0;
     state.retryAt = 0;
+    state.authRequired = d.auth === 'required';
+    renderIdentity();
+    if (state.authRequired) {
+      if (!state.token) {
+        stop('This chat server needs you to sign in: open it with the link your application gives you (it ends in #token=…).');
+        return;
+      }
+      setConn('connecting', 'Signing in…');
+      send('authenticate', { token: state.token }, { kind: 'auth' });
+      return;
+    }
     setConn('online', 'Connected');
+    resumeWanted();
+  }
+
+  /** Joins where the user wants to be, once the connection may. */
+  function resumeWanted() {
     if (state.want) {
       const mode = state.lastRoom && state.lastRoom === state.want.room ? 'rejoin' : 'join';
       sendJoin(state.want.username, state.want.room, mode);
     }
   }
 
+  function onAuthenticated(d, req) {
+    state.authed = true;
+    state.me = { user: String(d.user), name: String(d.name) };
+    renderIdentity();
+    if (req.refresh) return;
+    setConn('online', 'Connected');
+    hideBanner();
+    if (state.want) state.want.username = state.me.name;
+    resumeWanted();
+    refreshRooms();
+  }
+
+  /** In identity mode: no name field, the verified name instead. */
+  function renderIdentity() {
+    const verified = state.authRequired;
+    ui.joinUsername.closest('.field').hidden = verified;
+    ui.joinIdentity.hidden = !verified;
+    ui.joinIdentityName.textContent = state.me ? state.me.name : '…';
+    ui.joinIdentity.title = state.me ? `Verified user ${state.me.user}` : '';
+    ui.meVerified.hidden = !(verified && state.me);
+  }
+
   function sendJoin(username, room, mode) {
-    const data = { username, room };
+    // With a verified identity the name is the token's: none is sent.
+    const data = state.authRequired ? { room } : { username, room };
     const pos = state.position;
     if (mode === 'rejoin' && pos && pos.room === room) {
       // Back in the room we dropped out of: ask for what came after the last
@@ -425,6 +525,12 @@
     const code = String(d.code || 'error');
     const msg = d.message ? String(d.message) : '';
     switch (code) {
+      case 'forbidden': return d.field === 'room'
+        ? 'Your sign-in does not let you into that room.'
+        : `Not allowed${msg ? `: ${msg}` : '.'}`;
+      case 'unauthenticated': return 'This chat server needs you to sign in first.';
+      case 'token_expired': return 'Your sign-in has expired.';
+      case 'invalid_token': return `Your sign-in link is not valid${msg ? ` (${msg})` : ''}.`;
       case 'rate_limited': return "You're sending too fast, so the server dropped that. Wait a moment and try again.";
       case 'invalid_field': return `The server did not accept the ${FIELD_NAMES[d.field] || d.field || 'input'}${msg ? `: ${msg}` : '.'}`;
       case 'not_in_room': return "You're not in a room any more. Join a room first.";
@@ -438,6 +544,14 @@
     const req = ack !== undefined ? state.pending.get(ack) : undefined;
     if (ack !== undefined) state.pending.delete(ack);
     const text = describeError(d);
+    if (d.code === 'token_expired') state.expiredToken = state.token;
+    if (req?.kind === 'auth' || (d.code === 'unauthenticated' && ack === undefined)) {
+      // The token in the link was refused: trying again would not help.
+      if (req?.refresh) { showBanner(text); return; }
+      stop(`${text} Open a new sign-in link to keep chatting.`);
+      return;
+    }
+    if (d.code === 'token_expired') { showBanner(`${text} Open a new sign-in link to keep chatting.`); return; }
     if (req?.kind === 'message') {
       restoreText(req.text);
       ui.messageError.textContent = d.code === 'rate_limited'
@@ -515,7 +629,9 @@
     li.append(avatar(username));
     const bubble = h('div', 'bubble');
     const meta = h('div', 'meta');
-    meta.append(h('span', 'sender', own ? `${username} (you)` : username), timeNode(ts));
+    const sender = h('span', 'sender', own ? `${username} (you)` : username);
+    if (typeof m.user === 'string') sender.title = `Verified user ${m.user}`;
+    meta.append(sender, timeNode(ts));
     bubble.append(meta, h('p', 'text', String(m.text ?? '')));
     li.append(bubble);
     state.lastMsg = { id, ts };
@@ -585,13 +701,14 @@
     if (last.room) ui.joinRoom.value = last.room;
     ui.joinStatus.textContent = '';
     refreshRooms();
-    (ui.joinUsername.value ? ui.joinRoom : ui.joinUsername).focus();
+    (ui.joinUsername.value || state.authRequired ? ui.joinRoom : ui.joinUsername).focus();
   }
 
   async function refreshRooms() {
     let rooms = [];
     try {
-      const r = await fetch('/api/rooms', { cache: 'no-store' });
+      const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
+      const r = await fetch('/api/rooms', { cache: 'no-store', headers });
       if (r.ok) rooms = (await r.json()).rooms || [];
     } catch { /* the list is a nicety */ }
     rooms = rooms.filter((r) => r && typeof r.name === 'string').slice(0, 200);
@@ -619,7 +736,10 @@
 
   ui.joinForm.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    const u = checkName(ui.joinUsername.value, 'name', LIMITS.username);
+    if (state.stopped) return;
+    const u = state.authRequired
+      ? { value: state.me?.name || '' }
+      : checkName(ui.joinUsername.value, 'name', LIMITS.username);
     const r = checkName(ui.joinRoom.value, 'room name', LIMITS.room);
     setFieldError(ui.joinUsername, ui.joinUsernameError, u.error);
     setFieldError(ui.joinRoom, ui.joinRoomError, r.error);
@@ -631,7 +751,7 @@
     hideBanner();
     state.want = { username: u.value, room: r.value };
     state.lastRoom = null;
-    if (!sendJoin(u.value, r.value, 'join')) {
+    if ((state.authRequired && !state.authed) || !sendJoin(u.value, r.value, 'join')) {
       ui.joinStatus.textContent = 'Not connected yet: you will join as soon as the connection is up.';
       retryNow();
     }
@@ -650,6 +770,10 @@
       return;
     }
     const username = state.joined?.username || state.want?.username;
+    if (!state.authed && state.authRequired) {
+      setFieldError(ui.switchRoom, ui.switchRoomError, 'Not signed in yet: wait a moment.');
+      return;
+    }
     if (!sendJoin(username, r.value, 'switch')) {
       setFieldError(ui.switchRoom, ui.switchRoomError, 'Not connected: wait for the connection to come back.');
       return;
