@@ -162,7 +162,9 @@ impl Session {
             let refusal = engineio::connect_error(&format!("{}: {message}", code.as_str()));
             self.queue(Outbound::Packet(refusal.into()));
         } else {
-            self.reject(Rejection::new(code, message));
+            // Not `reject`: the timer of long-polling sessions calls this,
+            // and must not wait on a cluster's barrier for one session.
+            self.send_error(Rejection::new(code, message));
         }
         self.auth = Auth::Ended(code);
         self.shared.rooms.disconnect(self.id, &mut self.wakes);
@@ -390,6 +392,11 @@ impl Session {
     /// their way).
     fn reject(&mut self, rejection: Rejection) {
         self.shared.rooms.settle(self.id);
+        self.send_error(rejection);
+    }
+
+    /// Queues an `error` event for this client, now.
+    fn send_error(&mut self, rejection: Rejection) {
         let (code, message) = (rejection.code.as_str(), &rejection.message);
         debug!("client {}: {code} ({message})", self.id);
         self.shared.metrics.error_sent(rejection.code);
