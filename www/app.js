@@ -23,7 +23,7 @@
     joinRoomError: $('join-room-error'), joinButton: $('join-button'), joinStatus: $('join-status'),
     activeRooms: $('active-rooms'), activeRoomsList: $('active-rooms-list'), suggestions: $('room-suggestions'),
     chatView: $('chat-view'), roomName: $('room-name'), meName: $('me-name'), leave: $('leave-button'),
-    joinIdentity: $('join-identity'), joinIdentityName: $('join-identity-name'), meVerified: $('me-verified'),
+    joinIdentity: $('join-identity'), joinIntro: $('join-intro'), joinIdentityName: $('join-identity-name'), meVerified: $('me-verified'),
     people: $('people'), userCount: $('user-count'), userList: $('user-list'),
     switchBox: $('switch-box'), switchForm: $('switch-form'), switchRoom: $('switch-room'),
     switchRoomError: $('switch-room-error'),
@@ -389,7 +389,10 @@
   function renderIdentity() {
     const verified = state.authRequired;
     ui.joinUsername.closest('.field').hidden = verified;
-    ui.joinIdentity.hidden = !verified;
+    ui.joinIdentity.hidden = !(verified && state.me);
+    ui.joinIntro.textContent = verified
+      ? 'Pick a room. Everyone sees the name your sign-in gives you.'
+      : 'Pick a name and a room. Anyone in the same room sees your messages.';
     ui.joinIdentityName.textContent = state.me ? state.me.name : '…';
     ui.joinIdentity.title = state.me ? `Verified user ${state.me.user}` : '';
     ui.meVerified.hidden = !(verified && state.me);

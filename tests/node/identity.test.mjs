@@ -146,6 +146,7 @@ test('without a token the page says the server needs a sign-in, and stops', asyn
     await page.waitForFunction(() => !document.getElementById('banner').hidden);
     assert.match(await text(page, 'banner-text'), /needs you to sign in/);
     assert.equal(await page.evaluate(() => document.getElementById('join-button').disabled), true);
+    assert.equal(await hidden(page, '#join-identity'), true, 'nobody is signed in');
     // No reconnect loop: past the server's own deadline, still one socket.
     await page.waitForTimeout(1500); // time passing, not a sync point
     assert.equal(page.sockets, 1);
