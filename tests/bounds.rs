@@ -1219,9 +1219,13 @@ fn polling_answers_left_unread_count_toward_the_bound_until_written() {
             "after {round} unread GETs the server's RSS grew by {growth} KiB"
         );
         // An answer the kernel's buffers took whole was written: it holds
-        // nothing of ours. The first that did not fit holds its place.
+        // nothing of ours. The first that did not fit holds its place. How
+        // many fit depends on the kernel's buffer autotuning and on what
+        // else the machine does (one run in a loaded `cargo test
+        // --workspace` needed more than 40); the bound that matters is the
+        // RSS above, and the old code was never cut off in 120.
         assert!(
-            round < 40 && started.elapsed() < Duration::from_secs(20),
+            round < 100 && started.elapsed() < Duration::from_secs(60),
             "{} GETs left unread and the session is not cut off",
             round + 1
         );
