@@ -76,9 +76,9 @@ fuzz_target!(|data: &[u8]| {
                 matches!(refusal.code, ErrorCode::InvalidToken | ErrorCode::TokenExpired),
                 "{refusal:?}"
             );
-            if token.len() >= 8 {
-                assert!(!refusal.message.contains(token.as_str()));
-            }
+            // The message is a `&'static str`: it cannot carry the token.
+            // (A substring check here only found tokens made of a
+            // message's own words, e.g. "n is not a JWT (three parts)".)
         }
     }
 });
