@@ -18,7 +18,9 @@
 #   CASES="fanout light"   of: fanout (1 x 100, 10 senders, window 8),
 #                     fanout10 (10 x 100, one sender each, window 8),
 #                     big (1 x 1000, one sender at 400 msg/s for BIG_SECS s, 2
-#                     generator threads), light (1 x 100, 100 msg/s), churn
+#                     generator threads), light (1 x 100, 100 msg/s), mid
+#                     (4 x 250, 4 senders each, 300-byte texts), churn,
+#                     conns (CONNS idle connections, as in make bench)
 #   THREADS=          generator threads in the fan-out cases (default 1; big 2)
 #   SECS=3 BIG_SECS=3 CHURN_SECS=6
 #   COMPARE_DIR=$CARGO_TARGET_DIR/compare (default target/compare)
@@ -37,6 +39,7 @@ THREADS=${THREADS:-}
 SECS=${SECS:-3}
 BIG_SECS=${BIG_SECS:-3}
 CHURN_SECS=${CHURN_SECS:-6}
+CONNS=${CONNS:-10000}
 TARGET=${CARGO_TARGET_DIR:-target}
 COMPARE_DIR=${COMPARE_DIR:-$TARGET/compare}
 BENCH_LOCK=${BENCH_LOCK-/tmp/roomchat-cargo.lock}
@@ -100,6 +103,11 @@ for i in $(seq "$runs"); do
             big) args=(fanout --label fanout-1x1000 --rooms 1 --members 1000 --senders 1
                 --rate 400 --messages "$(awk "BEGIN{print int($BIG_SECS * 400)}")" --flow echo
                 --timeout 90 $(t 2)) ;;
+            mid) args=(fanout --label fanout-4x250 --rooms 4 --members 250 --senders 4
+                --text-bytes 300 --window 8 --duration "$SECS" --messages 100000000 --flow echo
+                $(t 1)) ;;
+            conns) args=(conns --label "conns-$CONNS" --conns "$CONNS" --rooms 100
+                --connect-rate 2500 --settle 10) ;;
             light) args=(fanout --label light-1x100 --rooms 1 --members 100 --senders 10
                 --rate 100 --messages 40 --flow echo $(t 1)) ;;
             churn) args=(churn --label churn --duration "$CHURN_SECS" --clients 32 --rooms 10

@@ -1,4 +1,4 @@
-"""Medians per (case, server) of roomchat-bench JSON lines (fanout and churn).
+"""Medians per (case, server) of roomchat-bench JSON lines (fanout, churn, conns).
 
     python3 medians.py FILE [REFERENCE [SERVER...]]
 
@@ -15,7 +15,8 @@ with open(sys.argv[1]) as f:
     for line in f:
         if line.startswith("{"):
             j = json.loads(line)
-            if "latency_ms" in j:  # not a run that failed before measuring
+            # Not a run that failed before measuring.
+            if "latency_ms" in j or j.get("scenario") == "conns" and "connect_ms" in j:
                 runs[(j["label"], j["server"])].append(j)
 order = sys.argv[2:]
 labels = list(dict.fromkeys(label for label, _ in runs))
@@ -38,6 +39,27 @@ for label in labels:
     for server in servers:
         js = runs.get((label, server))
         if not js:
+            continue
+        if js[0]["scenario"] == "conns":
+            figs = {
+                "kib": med(js, lambda j: (j.get("bytes_per_conn") or 0) / 1024 or None),
+                "p99": med(js, lambda j: j["connect_ms"]["p99"]),
+                "cpu": med(js, lambda j: j.get("connect_cpu_us_per_conn")),
+                "after": med(js, lambda j: j.get("rss_after_ratio")),
+                "rate": med(js, lambda j: j.get("joined_per_sec")),
+            }
+            if ref is None:
+                ref = figs
+            rel = lambda k: (
+                f" ({figs[k] / ref[k]:.2f}x)" if figs[k] is not None and ref[k] else ""
+            )
+            f = lambda k, fmt: "-" if figs[k] is None else format(figs[k], fmt) + rel(k)
+            passed = sum(1 for j in js if j.get("pass"))
+            print(
+                f"{label:<24} {server:<28} RSS/conn {f('kib', '.1f')} KiB, connect p99 "
+                f"{f('p99', '.2f')} ms, server CPU {f('cpu', '.0f')} us/conn, joined/s "
+                f"{f('rate', '.0f')}, RSS after/before {f('after', '.2f')}, passed {passed}/{len(js)}"
+            )
             continue
         if js[0]["scenario"] == "churn":
             main, unit = (lambda j: j["visits_per_sec"]), "visits/s"

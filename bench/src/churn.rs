@@ -280,7 +280,7 @@ pub fn run(a: &ChurnArgs, ctx: &Ctx) -> (bool, serde_json::Value) {
     let start = Instant::now();
     let deadline = start + ctx.timeout;
     let rooms = a.rooms.max(1);
-    crate::conns::warm_up(ctx.targets, ctx.protocol);
+    crate::conns::warm_up(ctx.targets, ctx.protocol, None);
     let before = Usage::read(pid);
     let mut peak = before;
     let flow = match a.flow {

@@ -41,6 +41,12 @@ pub struct ConnsArgs {
     /// events that arrive before its connect handler ran).
     #[arg(long, default_value_t = 1000)]
     pub join_retry_ms: u64,
+    /// Protocol v3: connection i proves its identity with line i of this
+    /// file (`roomchat-bench tokens`), in the upgrade's `Authorization`
+    /// header or Socket.IO's CONNECT packet, and joins as "c<i>", the
+    /// token's name. The warm-up client uses line 0.
+    #[arg(long)]
+    pub tokens: Option<std::path::PathBuf>,
 }
 
 struct Client {
@@ -162,15 +168,16 @@ impl Handler for Conns {
 }
 
 /// One client joins a room and leaves, so that threads and buffers a server
-/// creates on first use are there before the baseline is read.
-pub fn warm_up(targets: &[Target], protocol: Protocol) {
-    struct One(bool, Codec);
+/// creates on first use are there before the baseline is read. With a
+/// token, it proves that identity and joins under its name.
+pub fn warm_up(targets: &[Target], protocol: Protocol, token: Option<(&str, &str)>) {
+    struct One(bool, Codec, String);
     impl Handler for One {
         fn event(&mut self, net: &mut Net, id: usize, ev: Event<'_>, _: Instant) {
             match ev {
                 Event::Open(_) => {
                     let mut b = Vec::new();
-                    self.1.join(&mut b, "warm-up", "warm-up");
+                    self.1.join(&mut b, &self.2, "warm-up");
                     net.send_text(id, &b);
                 }
                 Event::Text(p) if self.1.parse(p) == Msg::Joined => net.close(id),
@@ -182,10 +189,11 @@ pub fn warm_up(targets: &[Target], protocol: Protocol) {
     let Ok(mut net) = Net::new(targets) else {
         return;
     };
-    let mut one = One(false, Codec::new(protocol));
+    let name = token.map_or("warm-up", |(name, _)| name);
+    let mut one = One(false, Codec::new(protocol), name.to_string());
     for t in 0..targets.len() {
         one.0 = false;
-        net.connect(t);
+        net.connect_with_token(t, token.map(|(_, token)| token));
         let end = Instant::now() + Duration::from_secs(3);
         while !one.0 && Instant::now() < end {
             if net.turn(&mut one, Some(Duration::from_millis(10))).is_err() {
@@ -211,8 +219,33 @@ pub fn run(a: &ConnsArgs, ctx: &Ctx) -> (bool, serde_json::Value) {
     let start = Instant::now();
     let deadline = start + ctx.timeout;
     let mut peak = None;
-    warm_up(ctx.targets, ctx.protocol);
+    let tokens = match a.tokens.as_deref().map(crate::tokens::read_tokens) {
+        None => Vec::new(),
+        Some(Ok(t)) if t.len() >= a.conns => t,
+        Some(Ok(t)) => {
+            let e = format!("{} tokens for {} connections", t.len(), a.conns);
+            return (
+                false,
+                json!({"scenario": "conns", "label": label, "error": e}),
+            );
+        }
+        Some(Err(e)) => {
+            return (
+                false,
+                json!({"scenario": "conns", "label": label, "error": e}),
+            )
+        }
+    };
+    warm_up(
+        ctx.targets,
+        ctx.protocol,
+        tokens.first().map(|t| ("c0", t.as_str())),
+    );
     let before = sample(pid, &mut peak);
+    // The connect phase is timed from here, after the warm-up.
+    let connect_start = Instant::now();
+    let cpu_start = report::Cpu::now(pid);
+    let mut connect_cpu = serde_json::Value::Null;
     let mut s = Conns {
         prefix: format!("conns{}-{}", std::process::id(), proto::nanos(start)),
         clients: Vec::with_capacity(a.conns),
@@ -266,9 +299,10 @@ pub fn run(a: &ConnsArgs, ctx: &Ctx) -> (bool, serde_json::Value) {
         }
         match s.phase {
             Phase::Connect => {
-                let due = (now.duration_since(start).as_secs_f64() * a.connect_rate) as usize + 1;
+                let due =
+                    (now.duration_since(connect_start).as_secs_f64() * a.connect_rate) as usize + 1;
                 while s.next < a.conns.min(due) && s.handshaking < a.connect_burst {
-                    let id = net.connect(s.next);
+                    let id = net.connect_with_token(s.next, tokens.get(s.next).map(String::as_str));
                     if s.by_conn.len() <= id {
                         s.by_conn.resize(id + 1, usize::MAX);
                     }
@@ -301,7 +335,8 @@ pub fn run(a: &ConnsArgs, ctx: &Ctx) -> (bool, serde_json::Value) {
                     }
                 }
                 if s.joined + s.failed == a.conns {
-                    connect_secs = now.duration_since(start).as_secs_f64();
+                    connect_secs = now.duration_since(connect_start).as_secs_f64();
+                    connect_cpu = cpu_start.since(pid);
                     s.phase = Phase::Hold;
                     phase_end = now + Duration::from_secs_f64(a.hold);
                 }
@@ -377,6 +412,13 @@ pub fn run(a: &ConnsArgs, ctx: &Ctx) -> (bool, serde_json::Value) {
         (Some(b), Some(f)) if b.rss_kib > 0 => Some(f.rss_kib as f64 / b.rss_kib as f64),
         _ => None,
     };
+    let joined_per_sec = (connect_secs > 0.0).then(|| s.joined as f64 / connect_secs);
+    // Server CPU per connection while connecting: the upgrade, the thread,
+    // the join (and, with tokens, one verification each).
+    let cpu_us_per_conn = connect_cpu["server"]
+        .as_f64()
+        .filter(|_| s.joined > 0)
+        .map(|c| c * 1e6 / s.joined as f64);
     let alive = pid.is_none() || Usage::read(pid).is_some();
     let mut checks = vec![
         ("server still running", alive),
@@ -412,6 +454,14 @@ pub fn run(a: &ConnsArgs, ctx: &Ctx) -> (bool, serde_json::Value) {
             (
                 "connect rate",
                 format!("{} /s, took {connect_secs:.2} s", a.connect_rate),
+            ),
+            (
+                "joined per second",
+                joined_per_sec.map_or("-".into(), |r| format!("{r:.0}")),
+            ),
+            (
+                "server CPU per connection",
+                cpu_us_per_conn.map_or("-".into(), |c| format!("{c:.0} µs")),
             ),
             (
                 "joined / failed",
@@ -453,6 +503,10 @@ pub fn run(a: &ConnsArgs, ctx: &Ctx) -> (bool, serde_json::Value) {
         "rooms": rooms,
         "connect_rate": a.connect_rate,
         "connect_secs": connect_secs,
+        "joined_per_sec": joined_per_sec.map(f64::round),
+        "connect_cpu_secs": connect_cpu,
+        "connect_cpu_us_per_conn": cpu_us_per_conn.map(f64::round),
+        "tokens": !tokens.is_empty(),
         "joined": s.joined,
         "join_retries": s.join_retries,
         "failed": s.failed,

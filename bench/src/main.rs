@@ -10,6 +10,8 @@
 //! - `server`: the server under test, started here or given by URL and PID
 //! - `report`: histograms, /proc readings, the table and the JSON line
 //! - `fanout`, `conns`, `churn`: the scenarios
+//! - `tokens`: v3 tokens signed ahead of a run, and the cost of roomchat's
+//!   own token check
 //! - `summary`: medians of result files as Markdown, and the latency plot
 
 mod churn;
@@ -20,6 +22,7 @@ mod proto;
 mod report;
 mod server;
 mod summary;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +60,11 @@ enum Cmd {
         #[command(flatten)]
         a: churn::ChurnArgs,
     },
+    /// Signs one v3 token per client (`sub` and `name` c0, c1, …) into a
+    /// file, for `conns --tokens`.
+    Tokens(tokens::TokensArgs),
+    /// Times roomchat's token check (HS256, RS256, ES256) in this process.
+    Verify(tokens::VerifyArgs),
     /// Side-by-side Markdown tables (medians, ratios, targets) of result files.
     Summary {
         /// Result files (JSON lines from the scenarios).
@@ -140,6 +148,8 @@ fn run(cmd: Cmd) -> Result<bool, String> {
             )
         }
         Cmd::Plot { files, prefix, out } => return summary::plot(&files, &prefix, &out),
+        Cmd::Tokens(a) => return tokens::write_tokens(&a),
+        Cmd::Verify(a) => return tokens::verify(&a),
         Cmd::Fanout { run, a } => (run, Scenario::Fanout(a)),
         Cmd::Conns { run, a } => (run, Scenario::Conns(a)),
         Cmd::Churn { run, a } => (run, Scenario::Churn(a)),

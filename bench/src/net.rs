@@ -147,6 +147,9 @@ struct Conn {
     wbuf: Vec<u8>,
     wpos: usize,
     dirty: bool,
+    /// A v3 token: sent in the upgrade's `Authorization: Bearer` header
+    /// (native) or in Socket.IO's CONNECT packet `40{"token":…}`.
+    token: Option<Box<str>>,
 }
 
 /// Many client connections on one `Poll`. Ids are slab indexes, reused only
@@ -203,6 +206,13 @@ impl Net {
     /// the Engine.IO handshake) follows by itself. Returns the id. A failure
     /// is reported as an event on the next turn, never here.
     pub fn connect(&mut self, t: usize) -> usize {
+        self.connect_with_token(t, None)
+    }
+
+    /// `connect`, proving an identity with `token` (protocol v3): in the
+    /// upgrade's `Authorization` header, or over Engine.IO in the CONNECT
+    /// packet, as the protocol's clients do.
+    pub fn connect_with_token(&mut self, t: usize, token: Option<&str>) -> usize {
         let t = t % self.targets.len();
         let id = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
@@ -227,6 +237,7 @@ impl Net {
                     wbuf: Vec::new(),
                     wpos: 0,
                     dirty: false,
+                    token: token.map(Into::into),
                 });
                 if let Err(e) = reg {
                     self.pending_failures.push((id, e));
@@ -387,7 +398,17 @@ impl Net {
                 Err(e) => return self.fail(h, id, Closed::Connect(e), now),
             }
             c.state = State::Handshake;
-            c.wbuf.extend_from_slice(&self.targets[c.target].1);
+            let request = &self.targets[c.target].1;
+            match (&c.token, self.targets[c.target].0.engine_io) {
+                (Some(token), false) => {
+                    // The request ends with the blank line: the header goes before it.
+                    c.wbuf.extend_from_slice(&request[..request.len() - 2]);
+                    c.wbuf.extend_from_slice(b"Authorization: Bearer ");
+                    c.wbuf.extend_from_slice(token.as_bytes());
+                    c.wbuf.extend_from_slice(b"\r\n\r\n");
+                }
+                _ => c.wbuf.extend_from_slice(request),
+            }
         }
         self.flush(h, id, now);
     }
@@ -616,7 +637,11 @@ impl Net {
             }
             (Eio::AwaitOpen, Some(b'0')) => {
                 c.eio = Eio::AwaitConnect;
-                self.send_frame(id, 0x1, b"40");
+                let connect = match &c.token {
+                    Some(t) => format!("40{}", serde_json::json!({ "token": &**t })),
+                    None => "40".into(),
+                };
+                self.send_frame(id, 0x1, connect.as_bytes());
             }
             (Eio::AwaitOpen, _) => {
                 self.fail(h, id, Closed::Protocol("no Engine.IO open packet"), now)

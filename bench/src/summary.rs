@@ -94,8 +94,10 @@ pub fn machine() -> String {
 }
 
 /// The servers in table order; socketioxide-chat is the baseline of the ratios.
-const SERVERS: [(&str, &str); 5] = [
+const SERVERS: [(&str, &str); 7] = [
     ("roomchat-native", "roomchat native"),
+    ("roomchat-hs256", "roomchat native, HS256 tokens"),
+    ("roomchat-rs256", "roomchat native, RS256 tokens"),
     ("roomchat-socketio", "roomchat Socket.IO"),
     ("roomchat-cluster", "roomchat, 2 nodes + Redis"),
     ("seed-socketio", "seed-socketio (Node)"),
@@ -232,6 +234,8 @@ struct Case {
     label: &'static str,
     title: &'static str,
     rows: &'static [Row],
+    /// The server the ratios in parentheses divide by.
+    baseline: &'static str,
 }
 
 const LIGHT_ROWS: &[Row] = &[
@@ -375,6 +379,46 @@ const CONNS_ROWS: &[Row] = &[
     ),
     PASSED,
 ];
+/// Connecting with and without tokens (protocol v3), roomchat only: the
+/// ratios are against roomchat without a key.
+const AUTH_ROWS: &[Row] = &[
+    row(
+        "clients connected and joined per s",
+        "/joined_per_sec",
+        Fmt::Big,
+        true,
+        Goal::None,
+    ),
+    row(
+        "server CPU per connection µs",
+        "/connect_cpu_us_per_conn",
+        Fmt::Big,
+        true,
+        Goal::None,
+    ),
+    row(
+        "connect p50 ms",
+        "/connect_ms/p50",
+        Fmt::Ms,
+        true,
+        Goal::None,
+    ),
+    row(
+        "connect p99 ms",
+        "/connect_ms/p99",
+        Fmt::Ms,
+        true,
+        Goal::None,
+    ),
+    row(
+        "connect + join p99 ms",
+        "/join_ms/p99",
+        Fmt::Ms,
+        true,
+        Goal::None,
+    ),
+    PASSED,
+];
 const CHURN_ROWS: &[Row] = &[
     row(
         "visits/s",
@@ -421,51 +465,67 @@ const CASES: &[Case] = &[
         label: "light-1x100-pinned",
         title: "Light load, pinned: 1 room × 100 members, 10 senders, 100 msg/s in all (10,000 frames/s); server on CPU 0, generator on CPU 1",
         rows: LIGHT_ROWS,
+        baseline: BASELINE,
     },
     Case {
         label: "light-1x100-shared",
         title: "Light load, shared cores: the same, server and generator free on both cores",
         rows: LIGHT_ROWS,
+        baseline: BASELINE,
     },
     Case {
         label: "fanout-1x100-shared",
         title: "Fan-out, shared cores: 1 room × 100 members, 10 senders, window 8",
         rows: FANOUT_ROWS,
+        baseline: BASELINE,
     },
     Case {
         label: "fanout-1x100-pinned",
         title: "Fan-out, pinned: the same, server on CPU 0, generator on CPU 1",
         rows: FANOUT_ROWS,
+        baseline: BASELINE,
     },
     Case {
         label: "fanout-10x100",
         title: "Fan-out, 10 rooms × 100 members, one sender per room, window 8 (shared cores)",
         rows: FANOUT_ROWS,
+        baseline: BASELINE,
     },
     Case {
         label: "fanout-4x250",
         title: "Mid-size: 4 rooms × 250 members, 4 senders per room, 300-byte texts, window 8 (shared cores)",
         rows: FANOUT_ROWS,
+        baseline: BASELINE,
     },
     Case {
         label: "fanout-1x1000-pinned",
         title: "1 room × 1000 members, one sender at 400 msg/s (400,000 frames/s offered), pinned",
         rows: BIG_ROWS,
+        baseline: BASELINE,
     },
     Case {
         label: "fanout-1x1000-shared",
         title: "1 room × 1000 members at 400 msg/s, shared cores",
         rows: BIG_ROWS,
+        baseline: BASELINE,
     },
     Case {
         label: "conns-",
         title: "Idle connections: server memory (shared cores)",
         rows: CONNS_ROWS,
+        baseline: BASELINE,
     },
     Case {
         label: "churn",
         title: "Churn: 32 clients at a time join one of 10 rooms, send 5 messages, wait for their echoes and leave; one listener per room",
         rows: CHURN_ROWS,
+        baseline: BASELINE,
+    },
+    Case {
+        label: "auth-",
+        title: "Verified identities (v3): clients connecting as fast as the server takes them, each with its own token in the upgrade's Authorization header, against the same server without a key (shared cores)",
+        rows: AUTH_ROWS,
+        baseline: "roomchat-native",
     },
 ];
 
@@ -636,6 +696,12 @@ fn case_table(
     runs: &[&Value],
     servers: &[(String, String)],
 ) {
+    // Only the servers this case ran.
+    let servers: Vec<&(String, String)> = servers
+        .iter()
+        .filter(|(s, _)| runs.iter().any(|r| r["server"] == *s))
+        .collect();
+    let baseline = case.baseline;
     let by: Vec<Vec<&Value>> = servers
         .iter()
         .map(|(s, _)| runs.iter().copied().filter(|r| r["server"] == *s).collect())
@@ -663,14 +729,21 @@ fn case_table(
     if let Some(b) = first["text_bytes"].as_u64().filter(|b| *b > 0) {
         notes.push(format!("{b}-byte texts"));
     }
+    if baseline != BASELINE {
+        let title = servers
+            .iter()
+            .find(|(s, _)| s == baseline)
+            .map_or(baseline, |(_, t)| t.as_str());
+        notes.push(format!("in parentheses: the figure ÷ {title}'s"));
+    }
     let _ = writeln!(md, "{}.\n", notes.join(", "));
     let mut head = String::from("| measure |");
     let mut rule = String::from("|---|");
-    for (s, title) in servers {
+    for (s, title) in &servers {
         let _ = write!(
             head,
             " {title}{} |",
-            if s == BASELINE { " (baseline)" } else { "" }
+            if s == baseline { " (baseline)" } else { "" }
         );
         rule.push_str("---|");
     }
@@ -679,13 +752,13 @@ fn case_table(
         let figs: Vec<(Option<f64>, String)> = by.iter().map(|r| figure(row, r)).collect();
         let base = servers
             .iter()
-            .position(|(s, _)| s == BASELINE)
+            .position(|(s, _)| *s == baseline)
             .and_then(|i| figs[i].0)
             .filter(|b| *b > 0.0);
         let _ = write!(md, "| {} |", row.name);
         for ((s, _), (v, text)) in servers.iter().zip(&figs) {
             match (row.ratio, v, base) {
-                (true, Some(v), Some(b)) if s != BASELINE => {
+                (true, Some(v), Some(b)) if s != baseline => {
                     let _ = write!(md, " {text} ({:.2}×) |", v / b);
                 }
                 _ => {
@@ -712,7 +785,13 @@ pub fn tables(runs: &[Value], measured: Option<&str>, command: Option<&str>) -> 
     if let Some(c) = command {
         let _ = writeln!(md, "Command: `{c}`.");
     }
-    let servers = servers_in(runs);
+    // `verify` runs have no server under test.
+    let measured_runs: Vec<Value> = runs
+        .iter()
+        .filter(|r| r["scenario"] != "verify")
+        .cloned()
+        .collect();
+    let servers = servers_in(&measured_runs);
     let names: Vec<&str> = servers.iter().map(|(_, t)| t.as_str()).collect();
     let _ = writeln!(
         md,
@@ -738,6 +817,29 @@ pub fn tables(runs: &[Value], measured: Option<&str>, command: Option<&str>) -> 
                 shown.push(label);
             }
         }
+    }
+    // The token check alone (roomchat-bench verify): one row per algorithm.
+    let verify: Vec<&Value> = runs.iter().filter(|r| r["scenario"] == "verify").collect();
+    if !verify.is_empty() {
+        let _ = writeln!(
+            md,
+            "#### One token check, alone: roomchat's `auth::Verifier::verify` in the generator's process, one thread\n\n\
+             Median over {} run(s) of each run's median batch.\n\n\
+             | alg | µs per verification | token bytes |\n|---|---|---|",
+            verify.len()
+        );
+        for alg in ["hs256", "rs256", "es256"] {
+            let us = median(&verify, &format!("/verify_us/{alg}"));
+            let bytes = median(&verify, &format!("/verify_us/{alg}_bytes"));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} |",
+                alg.to_uppercase(),
+                us.map_or("-".into(), |x| format!("{x:.2}")),
+                bytes.map_or("-".into(), big),
+            );
+        }
+        md.push('\n');
     }
     // Runs of other labels (ad hoc cases, the load sweep): one line each.
     let mut rest = Vec::new();
@@ -943,5 +1045,37 @@ fn si(x: f64) -> String {
         format!("{}k", x / 1e3)
     } else {
         format!("{x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    fn auth_run(server: &str, per_sec: f64) -> serde_json::Value {
+        json!({"scenario": "conns", "label": "auth-10", "server": server, "conns": 10,
+               "rooms": 1, "joined_per_sec": per_sec, "connect_ms": {"p99": 1.0},
+               "pass": true})
+    }
+
+    #[test]
+    fn the_auth_table_divides_by_roomchat_without_a_key_and_shows_only_its_servers() {
+        let runs = vec![
+            auth_run("roomchat-native", 4000.0),
+            auth_run("roomchat-rs256", 1000.0),
+            json!({"scenario": "fanout", "label": "fanout-10x100", "server": "socketioxide-chat",
+                   "received": 0}),
+            json!({"scenario": "verify", "label": "verify", "server": "roomchat",
+                   "verify_us": {"hs256": 5.0, "rs256": 400.0}}),
+        ];
+        let md = super::tables(&runs, None, None);
+        let auth = &md[md.find("#### Verified identities").unwrap()..];
+        let auth = &auth[..auth.find("\n\n####").unwrap()];
+        assert!(auth.contains("÷ roomchat native's"), "{auth}");
+        assert!(auth.contains("| clients connected and joined per s | 4,000 | 1,000 (0.25×) |"));
+        assert!(!auth.contains("socketioxide"), "{auth}");
+        assert!(md.contains("| RS256 | 400.00 |"), "{md}");
+        // A verify line names no server under test.
+        assert!(!md.contains(", roomchat."), "{md}");
     }
 }
