@@ -34,8 +34,8 @@ fmt: ## format the code
 e2e: build ## browser tests in headless Chromium, plus the Socket.IO client tests (Node)
 	cd tests/node && ROOMCHAT_BIN=$(CURDIR)/target/debug/roomchat ./run-e2e.sh
 
-socketio: build ## only the Socket.IO tests: the official client over WebSocket and long-polling, and a Socket.IO page in Chromium
-	cd tests/node && ROOMCHAT_BIN=$(CURDIR)/target/debug/roomchat ./run-e2e.sh socketio.test.mjs polling.test.mjs sio-page.test.mjs
+socketio: build ## only the Socket.IO tests: the official client over WebSocket and long-polling (with tokens too), and a Socket.IO page in Chromium
+	cd tests/node && ROOMCHAT_BIN=$(CURDIR)/target/debug/roomchat ./run-e2e.sh socketio.test.mjs polling.test.mjs sio-page.test.mjs identity.test.mjs
 
 bench: ## roomchat and its two peers, every case in one run, tables into docs/BENCHMARKS.md (~15 min; RUNS= CASES= PEERS= PIN=)
 	bench/scripts/run-all.sh

@@ -357,3 +357,66 @@ fn socketio_over_long_polling_authenticates_in_the_connect_packet() {
     assert!(packets[1].starts_with(r#"42["connected","#) && packets[1].contains(r#""user":"u-p""#));
     let _ = SECRET;
 }
+
+#[test]
+fn socketio_over_long_polling_expires_with_the_error_then_41_and_the_session_ends() {
+    let server = TestServer::with(|c| {
+        with_secret(c);
+        c.auth_leeway = 0;
+    });
+    let get = |target: &str| {
+        raw_http(
+            server.http,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    let open = get("/socket.io/?EIO=4&transport=polling");
+    let open: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
+    let url = format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().unwrap()
+    );
+    let post = |body: &str| {
+        let request = format!(
+            "POST {url} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        raw_http(server.http, request.as_bytes())
+    };
+    // A native member of the room sees the polling client leave.
+    let mut watcher = server.client();
+    watcher.prove(&token("w", json!({})));
+    watcher.join_verified("lobby");
+    let short = sign(&json!({"sub": "u-p", "exp": now() + 2}));
+    assert_eq!(post(&format!(r#"40{{"token":"{short}"}}"#)).body, "ok");
+    assert_eq!(post(r#"421["joinRoom",{"room":"lobby"}]"#).body, "ok");
+    let joined = watcher.expect("userJoined");
+    assert_eq!(joined["user"], "u-p");
+    // Long-polls until the session ends: the packets come in this order, and
+    // once `41` went out, the sid is unknown. Bounded: the token lives 2 s.
+    let mut packets: Vec<String> = Vec::new();
+    let mut ended = None;
+    for _ in 0..20 {
+        let answer = get(&url);
+        if answer.status != 200 {
+            ended = Some(answer.status);
+            break;
+        }
+        packets.extend(answer.body.split('\u{1e}').map(str::to_owned));
+    }
+    let at = |prefix: &str| {
+        packets
+            .iter()
+            .position(|p| p.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {packets:?}"))
+    };
+    let error = at(r#"42["error","#);
+    assert!(
+        packets[error].contains(r#""code":"token_expired""#),
+        "{packets:?}"
+    );
+    assert!(error < at("41"), "{packets:?}");
+    assert_eq!(ended, Some(400), "{packets:?}");
+    let left = watcher.expect("userLeft");
+    assert_eq!(left["user"], "u-p");
+}

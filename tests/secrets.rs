@@ -19,6 +19,8 @@ fn roomchat() -> Command {
         "CHAT_WS_PORT",
         "CHAT_HOST",
         "CHAT_AUTH_HMAC_SECRET",
+        "CHAT_AUTH_ISSUER",
+        "CHAT_AUTH_AUDIENCE",
     ] {
         command.env_remove(var);
     }
@@ -198,4 +200,53 @@ fn roomchat_token_prints_a_token_the_server_accepts_and_the_page_link() {
     c.join_verified("$team");
     let missing = roomchat().args(["token", "--sub", "u"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn roomchat_token_takes_the_issuer_and_audience_the_server_checks() {
+    // The flag for one, the server's own variable for the other, as an
+    // operator who shares the server's environment would.
+    let out = roomchat()
+        .args(["token", "--sub", "u-iss", "--auth-issuer", "login.example"])
+        .env("CHAT_AUTH_HMAC_SECRET", SECRET)
+        .env("CHAT_AUTH_AUDIENCE", "chat.example")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let with_both = stdout.lines().next().unwrap().to_owned();
+    let out = roomchat()
+        .args(["token", "--sub", "u-iss"])
+        .env("CHAT_AUTH_HMAC_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let without = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let checking = |issuer: &str, audience: &str| {
+        let (issuer, audience) = (issuer.to_owned(), audience.to_owned());
+        TestServer::with(move |c| {
+            with_secret(c);
+            c.auth_issuer = Some(issuer.clone());
+            c.auth_audience = Some(audience.clone());
+        })
+    };
+    let server = checking("login.example", "chat.example");
+    assert_eq!(server.client().prove(&with_both)["user"], "u-iss");
+    let reply = server.client().authenticate(&without);
+    assert_eq!(
+        reply["data"]["code"], "invalid_token",
+        "no iss, no aud: {reply}"
+    );
+    for other in [
+        checking("other.example", "chat.example"),
+        checking("login.example", "other.example"),
+    ] {
+        let reply = other.client().authenticate(&with_both);
+        assert_eq!(reply["data"]["code"], "invalid_token", "{reply}");
+    }
 }
