@@ -87,7 +87,7 @@ pub struct Config {
     /// (redis://HOST:PORT[/DB] or unix:///path). Without it, rooms live in
     /// this process alone.
     #[arg(long, env = "CHAT_REDIS", value_name = "URL", hide_env_values = true)]
-    pub redis: Option<String>,
+    pub redis: Option<RedisUrl>,
 
     /// Prefix of every Redis key and channel of the cluster, so that several
     /// clusters can share one Redis.
@@ -163,6 +163,34 @@ impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Secret, Self::Err> {
         Ok(Secret::new(s))
+    }
+}
+
+/// The Redis URL of `--redis`, which may hold a password: `Debug` prints
+/// none of it (the logs print it masked, `cluster::link::mask_password`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn new(url: impl Into<String>) -> RedisUrl {
+        RedisUrl(url.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RedisUrl(..)")
+    }
+}
+
+impl std::str::FromStr for RedisUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<RedisUrl, Self::Err> {
+        Ok(RedisUrl::new(s))
     }
 }
 
@@ -360,6 +388,25 @@ mod tests {
         assert_eq!(parsed.http_port, default.http_port);
         assert_eq!(parsed.rate_limit, RateLimit(Some(20)));
         assert_eq!(parsed.idle_timeout, default.idle_timeout);
+    }
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        let c = Config::try_parse_from([
+            "roomchat",
+            "--redis",
+            "redis://:hunter2-redis@db:6379/0",
+            "--auth-hmac-secret",
+            "hunter2-hmac-0123456789abcdef0123456789",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.redis.as_ref().map(RedisUrl::as_str),
+            Some("redis://:hunter2-redis@db:6379/0")
+        );
+        let printed = format!("{c:?} {c:#?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("RedisUrl(..)") && printed.contains("Secret(..)"));
     }
 
     #[test]
