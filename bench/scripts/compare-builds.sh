@@ -88,6 +88,10 @@ if [ -n "$BENCH_LOCK" ]; then
     echo "compare-builds: waiting for $BENCH_LOCK" >&2
     flock 9
 fi
+# shellcheck source=bench/scripts/limits.sh
+. bench/scripts/limits.sh
+raise_limits "$CONNS"
+trap restore_maps EXIT
 t() { echo "--threads ${THREADS:-$1}"; }
 for i in $(seq "$runs"); do
     for c in $CASES; do

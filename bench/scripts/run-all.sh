@@ -76,11 +76,9 @@ if [ -n "$BENCH_LOCK" ]; then
     flock 9
 fi
 
-# 10,000 connections need 10,000+ descriptors in the server and in the bench.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((CONNS + 240)) ]; then
-    echo "bench: open-file limit $(ulimit -n) is below $((CONNS + 240)); conns will fail" >&2
-fi
+# shellcheck source=bench/scripts/limits.sh
+. bench/scripts/limits.sh
+raise_limits "$CONNS"
 
 # Pinned runs need taskset (util-linux); without it they are skipped.
 if [[ " $PIN " == *" pinned "* ]] && ! command -v taskset >/dev/null; then
@@ -90,21 +88,6 @@ fi
 if [ "$(nproc)" -lt 2 ] && [[ " $PIN " == *" pinned "* ]]; then
     echo "bench: fewer than 2 CPUs: the pinned runs are skipped" >&2
     PIN=${PIN//pinned/}
-fi
-
-# Every roomchat thread maps 4 memory areas; the server caps its clients at
-# what vm.max_map_count allows (8 maps each), 7,935 at Linux's default, so for
-# the 10,000-connection case the limit is raised for this run and put back.
-maps_before=$(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 0)
-maps_needed=$((20000 * 8 + 2048))
-restore_maps() { :; }
-if [ "$maps_before" -lt "$maps_needed" ]; then
-    if [ -w /proc/sys/vm/max_map_count ] && echo "$maps_needed" >/proc/sys/vm/max_map_count 2>/dev/null; then
-        echo "bench: vm.max_map_count $maps_before -> $maps_needed for this run" >&2
-        restore_maps() { echo "$maps_before" >/proc/sys/vm/max_map_count; }
-    else
-        echo "bench: vm.max_map_count is $maps_before; roomchat will refuse clients past $(((maps_before - 2048) / 8))" >&2
-    fi
 fi
 
 cargo build --release -p roomchat -p roomchat-bench
@@ -385,7 +368,12 @@ versions="node $(node --version 2>/dev/null || echo -), socket.io $(
 ), socketioxide $(
     grep -A1 '^name = "socketioxide"$' "$PEERS_DIR/socketioxide-chat/Cargo.lock" 2>/dev/null | sed -n 's/version = "\(.*\)"/\1/p' || true
 )"
-measured="roomchat $rev and its peers ($versions), $(date -u +%Y-%m-%d), $RUNS run(s) per case and server, medians"
+if [ -n "$peers_ok" ]; then
+    measured="roomchat $rev and its peers ($versions)"
+else
+    measured="roomchat $rev"
+fi
+measured="$measured, $(date -u +%Y-%m-%d), $RUNS run(s) per case and server, medians"
 summary_args=(--measured "$measured" --command "$command_line")
 "$BENCH" summary "$results" "${summary_args[@]}" >"$OUT/summary-$stamp.md"
 if [ -n "$DOC" ] && grep -q "<!-- $DOC_SECTION:begin -->" "$DOC" 2>/dev/null; then

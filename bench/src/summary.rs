@@ -793,12 +793,16 @@ pub fn tables(runs: &[Value], measured: Option<&str>, command: Option<&str>) -> 
         .collect();
     let servers = servers_in(&measured_runs);
     let names: Vec<&str> = servers.iter().map(|(_, t)| t.as_str()).collect();
+    let ratios = if servers.iter().any(|(s, _)| s == BASELINE) {
+        "In parentheses (unless a table says otherwise): the figure ÷ socketioxide-chat's. "
+    } else {
+        ""
+    };
     let _ = writeln!(
         md,
         "\nEvery figure below was measured in this run, by the same load generator, \
-         against {}. In parentheses: the figure ÷ socketioxide-chat's. \
-         Medians of the runs; loss, reordering and passes are totals.\n",
-        names.join(", ")
+         against {}. {ratios}Medians of the runs; loss, reordering and passes are totals.\n",
+        names.join("; ")
     );
     let mut shown = Vec::new();
     for case in CASES {
@@ -1075,7 +1079,10 @@ mod tests {
         assert!(auth.contains("| clients connected and joined per s | 4,000 | 1,000 (0.25×) |"));
         assert!(!auth.contains("socketioxide"), "{auth}");
         assert!(md.contains("| RS256 | 400.00 |"), "{md}");
-        // A verify line names no server under test.
-        assert!(!md.contains(", roomchat."), "{md}");
+        // A verify line names no server under test, and without socketioxide
+        // no ratio is said to be against it.
+        assert!(!md.contains("; roomchat."), "{md}");
+        let md = super::tables(&[runs[0].clone(), runs[1].clone()], None, None);
+        assert!(!md.contains("÷ socketioxide"), "{md}");
     }
 }
