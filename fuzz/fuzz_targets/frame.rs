@@ -61,10 +61,7 @@ fn decode_text(text: &str) {
     let Some(name) = EventName::parse(&envelope.event) else {
         return;
     };
-    let data: Option<Value> = envelope
-        .data
-        .as_deref()
-        .map(|d| serde_json::from_str(d.get()).expect("data is JSON the envelope checked"));
+    let data: Option<Value> = envelope.data.as_deref().map(|d| value_of(d.get()));
     match ClientEvent::parse(name, envelope.data.as_deref()) {
         Ok(event) => check_event(&event, data.as_ref()),
         Err(r) => {
@@ -79,6 +76,25 @@ fn decode_text(text: &str) {
             check_rejection(&r);
         }
     }
+}
+
+/// `data` as a `Value`, for comparing what was kept. The envelope's check
+/// is JSON's grammar; serde_json's `Value` also refuses a number past
+/// f64's range (`1e400`), which the server passes over in a field it does
+/// not read. Such a field becomes null here; the others are kept.
+fn value_of(raw: &str) -> Value {
+    serde_json::from_str(raw).unwrap_or_else(|_| {
+        type Fields<'a> = std::collections::BTreeMap<String, &'a serde_json::value::RawValue>;
+        match serde_json::from_str::<Fields>(raw) {
+            Ok(fields) => Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::from_str(v.get()).unwrap_or(Value::Null)))
+                    .collect(),
+            ),
+            Err(_) => Value::Null, // not an object: no event accepts it
+        }
+    })
 }
 
 /// The error event's data is a JSON object naming its code.

@@ -136,6 +136,36 @@ fn field_errors_name_the_field() {
 }
 
 #[test]
+fn a_number_past_f64s_range_is_json_a_read_field_refuses_and_an_unread_one_ignores() {
+    let Some(server) = Engine::start(SETUP) else {
+        return;
+    };
+    let mut c = server.member("ann", "r");
+    // Found by the frame fuzz target: valid JSON that serde_json's Value
+    // cannot hold. Where the server reads it, a field error; elsewhere,
+    // nothing (unknown fields are ignored); as the ack, bad_request.
+    c.send_text(r#"{"event":"chatMessage","data":{"text":1e400},"ack":7}"#);
+    let refused = c.expect_error("invalid_field");
+    assert_eq!(
+        (&refused["ack"], &refused["data"]["field"]),
+        (&json!(7), &json!("text"))
+    );
+    c.send_text(r#"{"event":"chatMessage","data":{"text":"hi","x":1e400},"ack":8}"#);
+    let chat = c.expect("chatMessage");
+    assert_eq!(chat["text"], "hi");
+    let ack = c.recv();
+    assert_eq!(
+        (&ack["event"], &ack["ack"]),
+        (&json!("ack"), &json!(8)),
+        "{ack}"
+    );
+    c.send_text(r#"{"event":"chatMessage","data":{"text":"yo"},"ack":1e400}"#);
+    let bad = c.expect_error("bad_request");
+    assert!(bad.get("ack").is_none(), "{bad}");
+    c.say("still here");
+}
+
+#[test]
 fn name_bounds_are_counted_in_characters_after_trimming() {
     let Some(server) = Engine::start(SETUP) else {
         return;
