@@ -86,8 +86,9 @@ pub struct Config {
     /// Run as one node of a cluster whose rooms live in this Redis
     /// (redis://HOST:PORT[/DB] or unix:///path). Without it, rooms live in
     /// this process alone.
+    // A URL may hold a password: a `Secret`, which nothing prints.
     #[arg(long, env = "CHAT_REDIS", value_name = "URL", hide_env_values = true)]
-    pub redis: Option<RedisUrl>,
+    pub redis: Option<Secret>,
 
     /// Prefix of every Redis key and channel of the cluster, so that several
     /// clusters can share one Redis.
@@ -151,6 +152,10 @@ impl Secret {
     pub(crate) fn expose(&self) -> &[u8] {
         self.0.as_bytes()
     }
+
+    pub(crate) fn expose_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -163,34 +168,6 @@ impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Secret, Self::Err> {
         Ok(Secret::new(s))
-    }
-}
-
-/// The Redis URL of `--redis`, which may hold a password: `Debug` prints
-/// none of it (the logs print it masked, `cluster::link::mask_password`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisUrl(String);
-
-impl RedisUrl {
-    pub fn new(url: impl Into<String>) -> RedisUrl {
-        RedisUrl(url.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RedisUrl(..)")
-    }
-}
-
-impl std::str::FromStr for RedisUrl {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<RedisUrl, Self::Err> {
-        Ok(RedisUrl::new(s))
     }
 }
 
@@ -401,12 +378,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.redis.as_ref().map(RedisUrl::as_str),
+            c.redis.as_ref().map(Secret::expose_str),
             Some("redis://:hunter2-redis@db:6379/0")
         );
         let printed = format!("{c:?} {c:#?}");
         assert!(!printed.contains("hunter2"), "{printed}");
-        assert!(printed.contains("RedisUrl(..)") && printed.contains("Secret(..)"));
+        assert_eq!(printed.matches("Secret(..)").count(), 4, "{printed}");
     }
 
     #[test]

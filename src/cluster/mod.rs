@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use log::{info, warn};
 
-use crate::config::{Config, RedisUrl};
+use crate::config::{Config, Secret};
 use crate::delivery::{random_tag, unix_millis, ClientId, Mailbox, Refused};
 use crate::metrics::Metrics;
 use event::{chat_body, member_field};
@@ -101,7 +101,7 @@ impl Cluster {
     /// Connects to Redis, registers this node, subscribes to its channel and
     /// starts its threads; Redis must answer within 5 seconds.
     pub(crate) fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Cluster, CannotStart> {
-        let url = config.redis.as_ref().map_or("", RedisUrl::as_str);
+        let url = config.redis.as_ref().map_or("", Secret::expose_str);
         let target = Target::parse(url).map_err(|e| {
             CannotStart(format!(
                 "invalid Redis URL {}: {e}",

@@ -150,7 +150,7 @@ impl TestRedis {
     pub fn node_with(&self, adjust: impl FnOnce(&mut roomchat::Config)) -> TestServer {
         let url = self.url.clone();
         TestServer::with(move |c| {
-            c.redis = Some(roomchat::config::RedisUrl::new(url));
+            c.redis = Some(roomchat::config::Secret::new(url));
             c.redis_tick = TICK;
             c.rate_limit = roomchat::config::RateLimit(None);
             adjust(c);
