@@ -325,33 +325,56 @@ fn socketio_expiry_sends_the_error_then_41_then_closes_with_4001() {
     assert_eq!(p.0.close_code(), Some(4001));
 }
 
+/// An Engine.IO long-polling session, opened with a handshake GET; each
+/// request on its own connection.
+struct Polling {
+    addr: std::net::SocketAddr,
+    url: String,
+}
+
+impl Polling {
+    fn open(addr: std::net::SocketAddr) -> Polling {
+        let get =
+            |target: &str| format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let open = raw_http(addr, get("/socket.io/?EIO=4&transport=polling").as_bytes());
+        let open: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
+        let url = format!(
+            "/socket.io/?EIO=4&transport=polling&sid={}",
+            open["sid"].as_str().unwrap()
+        );
+        Polling { addr, url }
+    }
+
+    fn get(&self) -> common::HttpResponse {
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            self.url
+        );
+        raw_http(self.addr, request.as_bytes())
+    }
+
+    fn post(&self, body: &str) -> common::HttpResponse {
+        let request = format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.url,
+            body.len()
+        );
+        raw_http(self.addr, request.as_bytes())
+    }
+}
+
 #[test]
 fn socketio_over_long_polling_authenticates_in_the_connect_packet() {
     let server = server();
-    let get = |target: &str| {
-        raw_http(
-            server.http,
-            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-    };
-    let open = get("/socket.io/?EIO=4&transport=polling");
-    let open: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
-    let url = format!(
-        "/socket.io/?EIO=4&transport=polling&sid={}",
-        open["sid"].as_str().unwrap()
-    );
-    let post = |body: &str| {
-        let request = format!(
-            "POST {url} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        raw_http(server.http, request.as_bytes())
-    };
-    assert_eq!(post("40").body, "ok");
-    assert!(connect_error(&get(&url).body).starts_with("unauthenticated: "));
+    let polling = Polling::open(server.http);
+    assert_eq!(polling.post("40").body, "ok");
+    assert!(connect_error(&polling.get().body).starts_with("unauthenticated: "));
     let good = token("u-p", json!({}));
-    assert_eq!(post(&format!(r#"40{{"token":"{good}"}}"#)).body, "ok");
-    let body = get(&url).body;
+    assert_eq!(
+        polling.post(&format!(r#"40{{"token":"{good}"}}"#)).body,
+        "ok"
+    );
+    let body = polling.get().body;
     let packets: Vec<&str> = body.split('\u{1e}').collect();
     assert!(packets[0].starts_with(r#"40{"sid":"#), "{packets:?}");
     assert!(packets[1].starts_with(r#"42["connected","#) && packets[1].contains(r#""user":"u-p""#));
@@ -364,32 +387,20 @@ fn socketio_over_long_polling_expires_with_the_error_then_41_and_the_session_end
         with_secret(c);
         c.auth_leeway = 0;
     });
-    let get = |target: &str| {
-        raw_http(
-            server.http,
-            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-    };
-    let open = get("/socket.io/?EIO=4&transport=polling");
-    let open: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
-    let url = format!(
-        "/socket.io/?EIO=4&transport=polling&sid={}",
-        open["sid"].as_str().unwrap()
-    );
-    let post = |body: &str| {
-        let request = format!(
-            "POST {url} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        raw_http(server.http, request.as_bytes())
-    };
+    let polling = Polling::open(server.http);
     // A native member of the room sees the polling client leave.
     let mut watcher = server.client();
     watcher.prove(&token("w", json!({})));
     watcher.join_verified("lobby");
     let short = sign(&json!({"sub": "u-p", "exp": now() + 2}));
-    assert_eq!(post(&format!(r#"40{{"token":"{short}"}}"#)).body, "ok");
-    assert_eq!(post(r#"421["joinRoom",{"room":"lobby"}]"#).body, "ok");
+    assert_eq!(
+        polling.post(&format!(r#"40{{"token":"{short}"}}"#)).body,
+        "ok"
+    );
+    assert_eq!(
+        polling.post(r#"421["joinRoom",{"room":"lobby"}]"#).body,
+        "ok"
+    );
     let joined = watcher.expect("userJoined");
     assert_eq!(joined["user"], "u-p");
     // Long-polls until the session ends: the packets come in this order, and
@@ -397,7 +408,7 @@ fn socketio_over_long_polling_expires_with_the_error_then_41_and_the_session_end
     let mut packets: Vec<String> = Vec::new();
     let mut ended = None;
     for _ in 0..20 {
-        let answer = get(&url);
+        let answer = polling.get();
         if answer.status != 200 {
             ended = Some(answer.status);
             break;
