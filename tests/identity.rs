@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::engine::Setup;
 use common::identity::{key_path, now, sign, sign_with, token, with_secret, SECRET};
-use common::{raw_http, upgrade_request, Client, RawSocket, TestServer};
+use common::polling::Polling;
+use common::socketio::Peer;
+use common::{raw_http, upgrade_request, Client, TestServer};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
@@ -219,47 +221,6 @@ fn a_client_that_never_authenticates_is_closed_with_1008() {
 // ---------------------------------------------------------------------------
 // Socket.IO: the CONNECT payload, over WebSocket (both ports) and polling.
 
-const SIO: &str = "/socket.io/?EIO=4&transport=websocket";
-
-struct Peer(RawSocket);
-
-impl Peer {
-    fn open(addr: std::net::SocketAddr) -> Peer {
-        let mut raw = RawSocket::upgrade(addr, SIO);
-        let (_, open) = raw.read_frame().unwrap();
-        assert!(open.starts_with(b"0{"));
-        Peer(raw)
-    }
-
-    fn send(&mut self, packet: &str) {
-        self.0
-            .send(&RawSocket::frame(0x81, packet.as_bytes(), true));
-    }
-
-    fn recv(&mut self) -> String {
-        loop {
-            let (first, payload) = self.0.read_frame().expect("a packet");
-            if first & 0x0f == 0x1 {
-                let text = String::from_utf8(payload).unwrap();
-                if text != "2" {
-                    return text;
-                }
-            }
-        }
-    }
-
-    fn event(&mut self) -> (String, Value) {
-        let packet = self.recv();
-        let array: Value = serde_json::from_str(
-            packet
-                .strip_prefix("42")
-                .unwrap_or_else(|| panic!("{packet}")),
-        )
-        .unwrap();
-        (array[0].as_str().unwrap().to_owned(), array[1].clone())
-    }
-}
-
 /// `44{"message": …}`'s message.
 fn connect_error(packet: &str) -> String {
     let body: Value = serde_json::from_str(
@@ -275,15 +236,11 @@ fn connect_error(packet: &str) -> String {
 fn socketio_connect_needs_a_token_and_a_refused_session_may_try_again() {
     let server = server();
     for addr in [server.ws, server.http] {
-        let mut p = Peer::open(addr);
+        let (mut p, _) = Peer::open_at(addr);
         p.send("40");
         assert!(connect_error(&p.recv()).starts_with("unauthenticated: "));
         p.send(r#"42["joinRoom",{"room":"r"}]"#);
-        let (name, data) = p.event();
-        assert_eq!(
-            (name.as_str(), &data["code"]),
-            ("error", &json!("bad_request"))
-        );
+        assert_eq!(p.event("error")["code"], "bad_request");
         p.send(r#"40{"token":"a.b.c"}"#);
         assert!(connect_error(&p.recv()).starts_with("invalid_token: "));
         let expired = sign(&json!({"sub": "u", "exp": now() - 3600}));
@@ -292,15 +249,13 @@ fn socketio_connect_needs_a_token_and_a_refused_session_may_try_again() {
         let good = token("u-s", json!({"name": "Sio"}));
         p.send(&format!(r#"40{{"token":"{good}"}}"#));
         assert!(p.recv().starts_with(r#"40{"sid":"#));
-        let (name, connected) = p.event();
-        assert_eq!(name, "connected");
+        let connected = p.event("connected");
         assert_eq!(
             (&connected["user"], &connected["name"]),
             (&json!("u-s"), &json!("Sio"))
         );
         p.send(r#"421["joinRoom",{"room":"r"}]"#);
-        let (name, joined) = p.event();
-        assert_eq!(name, "joined");
+        let joined = p.event("joined");
         assert_eq!(joined["users"][0]["user"], "u-s");
     }
 }
@@ -311,62 +266,20 @@ fn socketio_expiry_sends_the_error_then_41_then_closes_with_4001() {
         with_secret(c);
         c.auth_leeway = 0;
     });
-    let mut p = Peer::open(server.ws);
+    let (mut p, _) = Peer::open(&server);
     let short = sign(&json!({"sub": "u", "exp": now() + 1}));
     p.send(&format!(r#"40{{"token":"{short}"}}"#));
     assert!(p.recv().starts_with("40{"));
-    assert_eq!(p.event().0, "connected");
-    let (name, data) = p.event();
-    assert_eq!(
-        (name.as_str(), &data["code"]),
-        ("error", &json!("token_expired"))
-    );
+    p.event("connected");
+    assert_eq!(p.event("error")["code"], "token_expired");
     assert_eq!(p.recv(), "41");
     assert_eq!(p.0.close_code(), Some(4001));
-}
-
-/// An Engine.IO long-polling session, opened with a handshake GET; each
-/// request on its own connection.
-struct Polling {
-    addr: std::net::SocketAddr,
-    url: String,
-}
-
-impl Polling {
-    fn open(addr: std::net::SocketAddr) -> Polling {
-        let get =
-            |target: &str| format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let open = raw_http(addr, get("/socket.io/?EIO=4&transport=polling").as_bytes());
-        let open: Value = serde_json::from_str(open.body.strip_prefix('0').unwrap()).unwrap();
-        let url = format!(
-            "/socket.io/?EIO=4&transport=polling&sid={}",
-            open["sid"].as_str().unwrap()
-        );
-        Polling { addr, url }
-    }
-
-    fn get(&self) -> common::HttpResponse {
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            self.url
-        );
-        raw_http(self.addr, request.as_bytes())
-    }
-
-    fn post(&self, body: &str) -> common::HttpResponse {
-        let request = format!(
-            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.url,
-            body.len()
-        );
-        raw_http(self.addr, request.as_bytes())
-    }
 }
 
 #[test]
 fn socketio_over_long_polling_authenticates_in_the_connect_packet() {
     let server = server();
-    let polling = Polling::open(server.http);
+    let polling = Polling::open(&server).0;
     assert_eq!(polling.post("40").body, "ok");
     assert!(connect_error(&polling.get().body).starts_with("unauthenticated: "));
     let good = token("u-p", json!({}));
@@ -387,7 +300,7 @@ fn socketio_over_long_polling_expires_with_the_error_then_41_and_the_session_end
         with_secret(c);
         c.auth_leeway = 0;
     });
-    let polling = Polling::open(server.http);
+    let polling = Polling::open(&server).0;
     // A native member of the room sees the polling client leave.
     let mut watcher = server.client();
     watcher.prove(&token("w", json!({})));

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::identity::{now, sign, token, with_secret, SECRET};
-use common::{raw_http, upgrade_request, Client, RawSocket, TestServer, WAIT};
+use common::{banner_port, raw_http, upgrade_request, Client, RawSocket, TestServer, WAIT};
 use serde_json::json;
 
 fn roomchat() -> Command {
@@ -42,18 +42,7 @@ fn no_token_and_no_secret_in_the_trace_log_or_the_metrics() {
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let port = |scheme: &str| -> u16 {
-        let rest = &line[line.find(scheme).unwrap() + scheme.len()..];
-        let digits: String = rest
-            .split(':')
-            .nth(1)
-            .unwrap()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().unwrap()
-    };
-    let (http, ws) = (port("http://"), port("ws://"));
+    let (http, ws) = (banner_port(&line, "http://"), banner_port(&line, "ws://"));
     let http_addr = std::net::SocketAddr::from(([127, 0, 0, 1], http));
     let ws_addr = std::net::SocketAddr::from(([127, 0, 0, 1], ws));
 

@@ -3,62 +3,9 @@
 
 mod common;
 
+use common::socketio::Peer;
 use common::{RawSocket, TestServer};
-use serde_json::{json, Value};
-
-const PATH: &str = "/socket.io/?EIO=4&transport=websocket";
-
-/// A raw Socket.IO peer: sends and reads Engine.IO text packets.
-struct Peer(RawSocket);
-
-impl Peer {
-    fn open(server: &TestServer) -> (Peer, Value) {
-        let mut raw = RawSocket::upgrade(server.ws, PATH);
-        let (_, first) = raw.read_frame().unwrap();
-        let first = String::from_utf8(first).unwrap();
-        let open = first
-            .strip_prefix('0')
-            .expect("the open packet comes first");
-        (Peer(raw), serde_json::from_str(open).unwrap())
-    }
-
-    /// Opened and connected to `/`; returns the peer and its `connected` data.
-    fn connected(server: &TestServer) -> (Peer, Value) {
-        let (mut peer, _) = Peer::open(server);
-        peer.send("40");
-        assert!(peer.recv().starts_with("40{\"sid\":"));
-        let connected = peer.event("connected");
-        (peer, connected)
-    }
-
-    fn send(&mut self, packet: &str) {
-        self.0
-            .send(&RawSocket::frame(0x81, packet.as_bytes(), true));
-    }
-
-    /// The next text packet (server pings `2` included).
-    fn recv(&mut self) -> String {
-        loop {
-            let (first, payload) = self.0.read_frame().expect("a packet");
-            if first & 0x0f == 0x1 {
-                return String::from_utf8(payload).unwrap();
-            }
-        }
-    }
-
-    /// The next packet must be `42["name",data]`; returns data.
-    fn event(&mut self, name: &str) -> Value {
-        let packet = self.recv();
-        let array: Value = serde_json::from_str(
-            packet
-                .strip_prefix("42")
-                .unwrap_or_else(|| panic!("{packet}")),
-        )
-        .unwrap();
-        assert_eq!(array[0], name, "{packet}");
-        array[1].clone()
-    }
-}
+use serde_json::json;
 
 #[test]
 fn the_open_packet_comes_first_with_values_from_the_flags() {

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod polling;
 pub mod process;
 pub mod redis;
+pub mod socketio;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,6 +18,20 @@ use roomchat::{Config, Server};
 use serde_json::{json, Value};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
+
+/// The port of `scheme` ("http://" or "ws://") in the server's startup
+/// line, `roomchat listening on http://HOST:PORT (websocket ws://HOST:PORT/ws)`.
+pub fn banner_port(line: &str, scheme: &str) -> u16 {
+    let at = line
+        .find(scheme)
+        .unwrap_or_else(|| panic!("{scheme} in {line:?}"));
+    let port = line[at + scheme.len()..].split(':').nth(1).unwrap();
+    port.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
 
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(5);

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::banner_port;
+
 /// A `roomchat` child process, killed on drop if still running.
 pub struct Process {
     pub child: Child,
@@ -45,19 +47,7 @@ impl Process {
         BufReader::new(child.stdout.as_mut().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let port_after = |scheme: &str| -> u16 {
-            let rest = &line[line
-                .find(scheme)
-                .unwrap_or_else(|| panic!("{scheme} in {line:?}"))
-                + scheme.len()..];
-            let port = rest.split(':').nth(1).unwrap();
-            port.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .unwrap()
-        };
-        let (http, ws) = (port_after("http://"), port_after("ws://"));
+        let (http, ws) = (banner_port(&line, "http://"), banner_port(&line, "ws://"));
         Process {
             child,
             http,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Client, TestServer};
+use super::{banner_port, Client, TestServer};
 
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
@@ -194,23 +194,9 @@ impl NodeProcess {
         BufReader::new(child.stdout.as_mut().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let port = |scheme: &str| -> u16 {
-            let at = line
-                .find(scheme)
-                .unwrap_or_else(|| panic!("{scheme} in {line:?}"));
-            let rest = &line[at + scheme.len()..];
-            let digits: String = rest
-                .split(':')
-                .nth(1)
-                .unwrap()
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse().unwrap()
-        };
         NodeProcess {
-            http: port("http://"),
-            ws: port("ws://"),
+            http: banner_port(&line, "http://"),
+            ws: banner_port(&line, "ws://"),
             child,
         }
     }
