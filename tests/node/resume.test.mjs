@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { chromium } from 'playwright-core';
 import { io } from 'socket.io-client';
-import WebSocket from 'ws';
+import { native as nativeClient } from './native.mjs';
 import { startServer, servers } from './server.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -97,57 +97,11 @@ async function reconnect(page, room) {
     && [...document.querySelectorAll('#messages .system-ok')].at(-1).textContent.includes(`rejoined ${r}`), [room, before]);
 }
 
-/** A native client: `request` sends with an ack and resolves with the frames up to the reply. */
-async function native(server) {
-  const ws = new WebSocket(`ws://127.0.0.1:${server.wsPort}/ws`);
-  const queue = [];
-  const waiters = [];
-  ws.on('message', (data) => {
-    const frame = JSON.parse(data.toString());
-    const w = waiters.shift();
-    if (w) w(frame); else queue.push(frame);
-  });
-  await once(ws, 'open');
-  let nextAck = 1;
-  const client = {
-    ws,
-    recv() {
-      if (queue.length) return Promise.resolve(queue.shift());
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('native client: no frame in time')), WAIT);
-        waiters.push((f) => { clearTimeout(timer); resolve(f); });
-      });
-    },
-    async until(event) {
-      for (;;) {
-        const f = await client.recv();
-        if (f.event === event) return f.data;
-      }
-    },
-    async request(event, data) {
-      const ack = nextAck++;
-      ws.send(JSON.stringify({ event, data, ack }));
-      const frames = [];
-      for (;;) {
-        const f = await client.recv();
-        if (f.ack === ack) return { frames, reply: f };
-        frames.push(f);
-      }
-    },
-    async say(text) {
-      const { reply } = await client.request('chatMessage', { text });
-      assert.equal(reply.event, 'ack', JSON.stringify(reply));
-      return reply.data.seq;
-    },
-  };
-  await client.until('connected');
-  return client;
-}
 
 test('the page resumes after its connection drops: every message once, in order, no warning', opts, async () => {
   const server = await startServer({ args: ['--rate-limit', 'off'] });
   const page = await openPage(server);
-  const bob = await native(server);
+  const bob = await nativeClient(server.wsPort, WAIT);
   try {
     await join(page, 'Pat', 'resume-room');
     assert.equal((await bob.request('joinRoom', { username: 'Bob', room: 'resume-room' })).reply.event, 'ack');
@@ -193,7 +147,7 @@ test('the page resumes after its connection drops: every message once, in order,
 test('the page says some messages may be missing when more were sent than the room keeps', opts, async () => {
   const server = await startServer({ args: ['--rate-limit', 'off', '--history', '3'] });
   const page = await openPage(server);
-  const bob = await native(server);
+  const bob = await nativeClient(server.wsPort, WAIT);
   try {
     await join(page, 'Pat', 'small-room');
     await bob.request('joinRoom', { username: 'Bob', room: 'small-room' });
@@ -231,7 +185,7 @@ test('the page says some messages may be missing when more were sent than the ro
 
 test('socket.io-client resumes with since and epoch in joinRoom data', opts, async () => {
   const server = await startServer({ args: ['--rate-limit', 'off'] });
-  const bob = await native(server);
+  const bob = await nativeClient(server.wsPort, WAIT);
   const connect = async () => {
     const socket = io(`http://127.0.0.1:${server.wsPort}`, { transports: ['websocket'], reconnection: false });
     await once(socket, 'connect');

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { io } from 'socket.io-client';
 import WebSocket from 'ws';
+import { native as nativeClient } from './native.mjs';
 import { startServer, restartServer } from './server.mjs';
 
 const WAIT = 5_000; // bound for any single wait
@@ -34,36 +35,6 @@ async function sio(s, opts = {}) {
   return { socket, connected: await connected };
 }
 
-/** A native client speaking `{"event","data","ack"}` frames. */
-async function native(s) {
-  const ws = new WebSocket(`ws://127.0.0.1:${s.wsPort}/ws`);
-  const queue = [];
-  const waiters = [];
-  ws.on('message', (data) => {
-    const frame = JSON.parse(data.toString());
-    const w = waiters.shift();
-    if (w) w(frame); else queue.push(frame);
-  });
-  await once(ws, 'open');
-  const client = {
-    ws,
-    recv() {
-      if (queue.length) return Promise.resolve(queue.shift());
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('native client: no frame in time')), WAIT);
-        waiters.push((f) => { clearTimeout(timer); resolve(f); });
-      });
-    },
-    async expect(event) {
-      const f = await client.recv();
-      assert.equal(f.event, event, JSON.stringify(f));
-      return f.data;
-    },
-    send(frame) { ws.send(JSON.stringify(frame)); },
-  };
-  client.id = (await client.expect('connected')).id;
-  return client;
-}
 
 test('connects over WebSocket and gets the connected event', async () => {
   const s = await server();
@@ -76,7 +47,7 @@ test('connects over WebSocket and gets the connected event', async () => {
 
 test('chats both ways with a native client in one room, one seq sequence', async () => {
   const s = await server();
-  const nat = await native(s);
+  const nat = await nativeClient(s.wsPort, WAIT);
   nat.send({ event: 'joinRoom', data: { username: 'nat', room: 'mixed' }, ack: 1 });
   await nat.expect('joined');
   await nat.expect('ack');
@@ -216,7 +187,7 @@ test('a client reconnects after the server restarts and chats again', async () =
 
 test('shares rooms and order with native clients under load', async () => {
   const s = await server();
-  const nat = await native(s);
+  const nat = await nativeClient(s.wsPort, WAIT);
   nat.send({ event: 'joinRoom', data: { username: 'nat', room: 'load' } });
   await nat.expect('joined');
   const { socket } = await sio(s);
